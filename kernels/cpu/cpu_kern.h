@@ -1,0 +1,41 @@
+/* cpu_kern: the per-ISA inner loops of the CPU backend (internal header).
+ *
+ * Each instruction set (portable C, AVX2+FMA, AVX-512) provides one cpu_kern_t;
+ * ops_cpu.c picks one at run time and wraps it with threading. These functions
+ * work on a range of output rows and never allocate. Not a public interface:
+ * the engine uses ops.h only. */
+#ifndef GPTOSS_CPU_KERN_H
+#define GPTOSS_CPU_KERN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ops.h"
+
+typedef struct {
+    const char *name; /* "generic", "avx2", "avx512" */
+    /* y[t][r] = W[r] . x[t] + bias[r] for r in [r0, r1), t < T (x: [T][W->cols],
+     * y: [T][W->rows]; bias bf16 or NULL). */
+    void (*bf16_rows)(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias, int r0,
+                      int r1, float *y);
+    /* Same for MXFP4 weights. */
+    void (*mxfp4_rows)(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
+                       int r0, int r1, float *y);
+    /* Returns a . b over n floats. */
+    float (*dot)(const float *a, const float *b, int n);
+    /* y[i] += a * x[i] for i < n. */
+    void (*axpy)(float *y, float a, const float *x, int n);
+} cpu_kern_t;
+
+/* 2^(s - 128) for each E8M0 byte s: the scale of the doubled E2M1 integers. */
+extern float cpu_mxfp4_half_scale[256];
+/* Fills cpu_mxfp4_half_scale (idempotent). */
+void cpu_kern_init_tables(void);
+
+extern const cpu_kern_t cpu_kern_generic;
+/* Per-ISA tables, defined in kern_<isa>.c; weak so a build without that file links
+ * (the symbol is then NULL and the ISA is not offered). */
+const cpu_kern_t *cpu_kern_avx2(void) __attribute__((weak));
+const cpu_kern_t *cpu_kern_avx512(void) __attribute__((weak));
+
+#endif
