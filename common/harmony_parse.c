@@ -238,8 +238,10 @@ static void s_close(harmony_parser_t *p) {
     p->state = S_EXPECT_START;
 }
 
-static void s_done(harmony_parser_t *p, harmony_finish_t finish) {
-    p->finish = p->ncalls > 0 ? HARMONY_FINISH_TOOL_CALLS : finish;
+/* Ends the generation: tool_calls whenever a call was made (whatever the stop token), else
+ * stop. */
+static void s_done(harmony_parser_t *p) {
+    p->finish = p->ncalls > 0 ? HARMONY_FINISH_TOOL_CALLS : HARMONY_FINISH_STOP;
     p->state = S_DONE;
     s_emit(p, HARMONY_EV_DONE, NULL, 0);
 }
@@ -428,7 +430,7 @@ static bool s_is_stop(int32_t id) {
 static void s_stop(harmony_parser_t *p, int32_t id, bool was_call) {
     if (id == TOK_CALL && !was_call)
         p->malformed = true; /* <|call|> after something that was not a tool call */
-    s_done(p, id == TOK_CALL ? HARMONY_FINISH_TOOL_CALLS : HARMONY_FINISH_STOP);
+    s_done(p);
 }
 
 int harmony_parser_push(harmony_parser_t *p, int32_t id) {
