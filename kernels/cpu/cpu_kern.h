@@ -33,9 +33,9 @@ extern float cpu_mxfp4_half_scale[256];
 void cpu_kern_init_tables(void);
 
 extern const cpu_kern_t cpu_kern_generic;
-/* Per-ISA tables, defined in kern_<isa>.c; weak so a build without that file links
- * (the symbol is then NULL and the ISA is not offered). */
-const cpu_kern_t *cpu_kern_avx2(void) __attribute__((weak));
-const cpu_kern_t *cpu_kern_avx512(void) __attribute__((weak));
+/* Per-ISA tables, defined in kern_<isa>.c (compiled for that ISA; call only after
+ * checking the CPU supports it). */
+const cpu_kern_t *cpu_kern_avx2(void);
+const cpu_kern_t *cpu_kern_avx512(void);
 
 #endif

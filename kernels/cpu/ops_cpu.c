@@ -306,8 +306,8 @@ static const cpu_kern_t *s_pick(const char *isa, gerr_t *err) {
     bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     bool has_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    const cpu_kern_t *k512 = (cpu_kern_avx512 && has_avx512) ? cpu_kern_avx512() : NULL;
-    const cpu_kern_t *k2 = (cpu_kern_avx2 && has_avx2) ? cpu_kern_avx2() : NULL;
+    const cpu_kern_t *k512 = has_avx512 ? cpu_kern_avx512() : NULL;
+    const cpu_kern_t *k2 = has_avx2 ? cpu_kern_avx2() : NULL;
     if (!isa || !*isa || strcmp(isa, "auto") == 0) {
         const char *env = getenv("GPTOSS_ISA");
         if (env && *env && strcmp(env, "auto") != 0) return s_pick(env, err);

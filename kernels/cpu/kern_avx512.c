@@ -1,0 +1,166 @@
+/* kern_avx512: AVX-512 (F/BW/VL/DQ) inner loops of the CPU backend, compiled with
+ * AVX-512 flags and chosen at run time only on CPUs that have them. Same scheme as
+ * kern_avx2.c with 16-float vectors: bf16 widened by a shift, MXFP4 blocks decoded
+ * in registers (pshufb over the doubled E2M1 integers, int -> float, times the
+ * exact power-of-two scale), token tiles of 4 sharing each decoded weight. */
+#include <immintrin.h>
+
+#include "bf16.h"
+#include "cpu_kern.h"
+#include "mxfp4.h"
+
+static inline __m512 s_load_bf16(const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias,
+                        int r0, int r1, float *y) {
+    const int n = W->cols, n16 = n & ~15;
+    const size_t ldy = (size_t)W->rows;
+    int t = 0;
+    for (; t + 4 <= T; t += 4) {
+        const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+        for (int r = r0; r < r1; r++) {
+            const uint16_t *w = W->w + (size_t)r * W->stride;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            int c = 0;
+            for (; c < n16; c += 16) {
+                __m512 wv = s_load_bf16(w + c);
+                a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + c), a0);
+                a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x1 + c), a1);
+                a2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x2 + c), a2);
+                a3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x3 + c), a3);
+            }
+            float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
+            float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
+            for (; c < n; c++) {
+                float wf = bf16_to_f32(w[c]);
+                s0 += wf * x0[c];
+                s1 += wf * x1[c];
+                s2 += wf * x2[c];
+                s3 += wf * x3[c];
+            }
+            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+            y[(size_t)t * ldy + r] = s0 + b;
+            y[(size_t)(t + 1) * ldy + r] = s1 + b;
+            y[(size_t)(t + 2) * ldy + r] = s2 + b;
+            y[(size_t)(t + 3) * ldy + r] = s3 + b;
+        }
+    }
+    for (; t < T; t++) {
+        const float *xt = x + (size_t)t * n;
+        for (int r = r0; r < r1; r++) {
+            const uint16_t *w = W->w + (size_t)r * W->stride;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+            int c = 0;
+            for (; c + 32 <= n16; c += 32) {
+                a0 = _mm512_fmadd_ps(s_load_bf16(w + c), _mm512_loadu_ps(xt + c), a0);
+                a1 = _mm512_fmadd_ps(s_load_bf16(w + c + 16), _mm512_loadu_ps(xt + c + 16), a1);
+            }
+            for (; c < n16; c += 16)
+                a0 = _mm512_fmadd_ps(s_load_bf16(w + c), _mm512_loadu_ps(xt + c), a0);
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            for (; c < n; c++)
+                s += bf16_to_f32(w[c]) * xt[c];
+            y[(size_t)t * ldy + r] = s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
+        }
+    }
+}
+
+/* Decodes one 32-value block into w[2] (values in order, scale applied). */
+static inline void s_decode_block(const uint8_t *blk, float scale, __m128i lut, __m512 w[2]) {
+    const __m128i m0f = _mm_set1_epi8(0x0f);
+    __m128i bytes = _mm_loadu_si128((const __m128i *)blk);
+    __m128i lo = _mm_and_si128(bytes, m0f);
+    __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m0f);
+    __m128i vlo = _mm_shuffle_epi8(lut, lo), vhi = _mm_shuffle_epi8(lut, hi);
+    __m512 s = _mm512_set1_ps(scale);
+    w[0] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi8(vlo, vhi))), s);
+    w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi8(vlo, vhi))), s);
+}
+
+static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
+                         int r0, int r1, float *y) {
+    const int n = W->cols, nb = n / MXFP4_BLOCK;
+    const size_t ldy = (size_t)W->rows;
+    const __m128i lut = _mm_loadu_si128((const __m128i *)mxfp4_e2m1_x2);
+    int t = 0;
+    for (; t + 4 <= T; t += 4) {
+        const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
+            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int g = 0; g < nb; g++) {
+                __m512 w[2];
+                s_decode_block(blk + g * MXFP4_BLOCK_BYTES, cpu_mxfp4_half_scale[sc[g]], lut, w);
+                const int c = g * MXFP4_BLOCK;
+                a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x0 + c), a0);
+                a1 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x1 + c), a1);
+                a2 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x2 + c), a2);
+                a3 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x3 + c), a3);
+                b0 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x0 + c + 16), b0);
+                b1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x1 + c + 16), b1);
+                b2 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x2 + c + 16), b2);
+                b3 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x3 + c + 16), b3);
+            }
+            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+            y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0)) + b;
+            y[(size_t)(t + 1) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1)) + b;
+            y[(size_t)(t + 2) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2)) + b;
+            y[(size_t)(t + 3) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3)) + b;
+        }
+    }
+    for (; t < T; t++) {
+        const float *xt = x + (size_t)t * n;
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
+            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+            for (int g = 0; g < nb; g++) {
+                __m512 w[2];
+                s_decode_block(blk + g * MXFP4_BLOCK_BYTES, cpu_mxfp4_half_scale[sc[g]], lut, w);
+                const float *xg = xt + g * MXFP4_BLOCK;
+                a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xg), a0);
+                a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xg + 16), a1);
+            }
+            float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            y[(size_t)t * ldy + r] = s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
+        }
+    }
+}
+
+static float s_dot(const float *a, const float *b, int n) {
+    __m512 a0 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), a0);
+    float s = _mm512_reduce_add_ps(a0);
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void s_axpy(float *y, float a, const float *x, int n) {
+    __m512 av = _mm512_set1_ps(a);
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i,
+                         _mm512_fmadd_ps(av, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static const cpu_kern_t s_kern = {
+    .name = "avx512",
+    .bf16_rows = s_bf16_rows,
+    .mxfp4_rows = s_mxfp4_rows,
+    .dot = s_dot,
+    .axpy = s_axpy,
+};
+
+const cpu_kern_t *cpu_kern_avx512(void) {
+    return &s_kern;
+}

@@ -1,0 +1,68 @@
+/* engine: the gpt-oss forward pass over a batch of sequences, on one shard.
+ *
+ * A step is a list of sequences, each with new tokens at consecutive positions
+ * starting at start_pos: a prefill chunk (many tokens) or a decode token (one)
+ * mixed freely in one batch. All tokens of the step go through every matmul
+ * together (weights are read once per step); attention reads each sequence's own
+ * paged KV cache through the block tables the caller passes (kvcache.h; the
+ * caller reserves blocks before the step). MoE tokens are grouped by expert.
+ * Logits come back for the last token of each sequence, or for every token of a
+ * sequence that asks for all of them.
+ *
+ * Built only from ops.h calls, so a CUDA ops backend runs the same code.
+ * Not here: sampling, scheduling, tensor-parallel collectives (a later issue). */
+#ifndef GPTOSS_ENGINE_H
+#define GPTOSS_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gerr.h"
+#include "kvcache.h"
+#include "ops.h"
+#include "weights.h"
+
+typedef struct engine engine_t;
+
+/* Engine settings. */
+typedef struct {
+    ops_kv_dtype_t kv_dtype; /* OPS_KV_F32 (default, exact) or OPS_KV_BF16 */
+    int block_size;          /* KV block size in tokens (0: 16) */
+    size_t kv_budget_bytes;  /* KV cache memory (0: 1 GiB) */
+    int max_seqs;            /* sequences alive at once (0: 16); sizes the window pool */
+    int max_chunk;           /* most new tokens of one sequence per step (0: 512) */
+} engine_opts_t;
+
+/* One sequence of a step. All pointers borrowed for the call. */
+typedef struct {
+    const int32_t *tokens;        /* [n_tokens] new token ids */
+    int n_tokens;                 /* >= 1 */
+    int start_pos;                /* absolute position of tokens[0] */
+    const int32_t *full_blocks;   /* block table for full-attention layers */
+    int n_full_blocks;            /* entries in full_blocks */
+    const int32_t *window_blocks; /* block table for sliding-window layers */
+    int n_window_blocks;          /* entries in window_blocks */
+    bool all_logits;              /* logits for every new token, not only the last */
+} engine_seq_t;
+
+/* Creates an engine over bound weights w and backend ops (both borrowed; they
+ * must outlive the engine), with its own KV cache. Caller frees (engine_free). */
+int engine_new(const weights_t *w, const ops_t *ops, const engine_opts_t *opts, engine_t **out,
+               gerr_t *err);
+/* Frees the engine and its KV cache; sets *e to NULL (safe on NULL). */
+void engine_free(engine_t **e);
+/* The engine's KV cache (borrowed), for reserving blocks (kvcache_seq_reserve). */
+kvcache_t *engine_kv(engine_t *e);
+/* Vocabulary rows of each logits row (this shard's lm_head rows). */
+int engine_vocab(const engine_t *e);
+/* Logits rows a step returns: per sequence 1, or n_tokens if all_logits. */
+int engine_logits_rows(const engine_seq_t *seqs, int n_seqs);
+
+/* Runs one step: writes the new tokens' K/V into the cache and fills logits
+ * ([engine_logits_rows][engine_vocab], caller-allocated, in sequence order).
+ * Bad input (token id out of range, missing blocks, negative positions) is refused
+ * with GERR_INVALID before anything is written. */
+int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits, gerr_t *err);
+
+#endif
