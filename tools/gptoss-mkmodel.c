@@ -6,8 +6,10 @@
  *   gptoss-mkmodel --out DIR --preset tiny|20b|120b [--layers N] [--hidden N]
  *                  [--intermediate N] [--experts N] [--top-k N] [--heads N]
  *                  [--kv-heads N] [--head-dim N] [--vocab N] [--sliding-window N]
- *                  [--shards N] [--seed S] [--tokenizer DIR]
+ *                  [--shards N] [--seed S] [--tokenizer DIR] [--sparse]
  *
+ * --sparse writes the headers but leaves the data as holes (all zero bytes, no
+ * disk used): for tests of shapes and loading at full size, not for inference.
  * Weights are a pure function of (seed, tensor name), so the same seed gives the
  * same tensors whatever the shard count. Tensors are generated and written in
  * 1 MiB chunks, so the 120b shape (~65 GB) needs little memory. Values are
@@ -25,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "bf16.h"
 #include "mxfp4.h"
@@ -76,7 +79,7 @@ static int s_usage(void) {
             "usage: gptoss-mkmodel --out DIR --preset tiny|20b|120b [--layers N] [--hidden N]\n"
             "       [--intermediate N] [--experts N] [--top-k N] [--heads N] [--kv-heads N]\n"
             "       [--head-dim N] [--vocab N] [--sliding-window N] [--shards N] [--seed S]\n"
-            "       [--tokenizer DIR]\n");
+            "       [--tokenizer DIR] [--sparse]\n");
     return 2;
 }
 
@@ -238,7 +241,8 @@ static int s_write_all(FILE *f, const void *p, size_t n, const char *path) {
     return 0;
 }
 
-static int s_write_file(const char *path, s_tensor_t *t, size_t n, int file, uint64_t seed) {
+static int s_write_file(const char *path, s_tensor_t *t, size_t n, int file, uint64_t seed,
+                        int sparse) {
     /* header JSON: entries in tensor order, offsets packed */
     size_t cap = 256 + n * 256, o = 0;
     char *hdr = malloc(cap);
@@ -270,6 +274,13 @@ static int s_write_file(const char *path, s_tensor_t *t, size_t n, int file, uin
         len8[i] = (uint8_t)((uint64_t)o >> (8 * i));
     int rc = s_write_all(f, len8, 8, path) || s_write_all(f, hdr, o, path) ? -1 : 0;
     free(hdr);
+    if (sparse && rc == 0) {
+        if (fflush(f) != 0 || ftruncate(fileno(f), (off_t)(8 + o + off)) != 0) {
+            fprintf(stderr, "gptoss-mkmodel: cannot extend %s: %s\n", path, strerror(errno));
+            rc = -1;
+        }
+        n = 0; /* no data to write */
+    }
     size_t chunk = 1u << 20;
     uint8_t *buf = malloc(chunk);
     if (!buf) rc = -1;
@@ -378,7 +389,7 @@ static int s_write_config(const char *dir, const s_shape_t *s) {
 
 int main(int argc, char **argv) {
     const char *out = NULL, *preset = NULL, *tokdir = NULL;
-    int shards = 1;
+    int shards = 1, sparse = 0;
     uint64_t seed = 0;
     s_shape_t s;
     struct {
@@ -402,6 +413,10 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return s_usage(), 0;
+        if (strcmp(a, "--sparse") == 0) {
+            sparse = 1;
+            continue;
+        }
         if (!v) {
             fprintf(stderr, "gptoss-mkmodel: %s needs a value\n", a);
             return s_usage();
@@ -492,7 +507,7 @@ int main(int argc, char **argv) {
             snprintf(path, sizeof path, "%s/model.safetensors", out);
         else
             snprintf(path, sizeof path, "%s/model-%05d-of-%05d.safetensors", out, f, shards - 1);
-        rc = s_write_file(path, t, n, f, seed);
+        rc = s_write_file(path, t, n, f, seed, sparse);
     }
     for (size_t i = 0; i < n; i++)
         total += t[i].nbytes;

@@ -1,4 +1,4 @@
-/* bench: sub-benchmarks of gptoss-bench. Each lives in its own tools/bench/*.c and is
+/* bench: sub-benchmarks of gptoss-bench. Each lives in its own file under tools/bench/ and is
  * declared weak here, so gptoss-bench builds whatever subset exists. */
 #ifndef GPTOSS_BENCH_H
 #define GPTOSS_BENCH_H
