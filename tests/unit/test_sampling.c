@@ -386,17 +386,27 @@ static void test_top_p(void) {
     static long counts[N];
     static bool in[N];
     static double ren[N];
+    /* quant: 0 = continuous logits, 1 = integer logits (many ties inside one histogram bin,
+     * exercising the quickselect of the boundary bin), 2 = all equal (nucleus = lowest ids) */
     struct {
         double t, top_p;
         int top_k;
         double sd;
+        int quant;
     } cases[] = {
-        {1.0, 0.3, 0, 2.5},  {0.7, 0.9, 0, 2.0},  {1.3, 0.5, 0, 3.0},
-        {1.0, 0.8, 30, 2.0}, {2.0, 0.95, 0, 1.0}, {1.0, 0.99, 200, 1.0},
+        {1.0, 0.3, 0, 2.5, 0},  {0.7, 0.9, 0, 2.0, 0},   {1.3, 0.5, 0, 3.0, 0},
+        {1.0, 0.8, 30, 2.0, 0}, {2.0, 0.95, 0, 1.0, 0},  {1.0, 0.99, 200, 1.0, 0},
+        {1.0, 0.5, 0, 1.5, 1},  {100.0, 0.7, 0, 1.5, 1}, {1.0, 0.3001, 0, 1.0, 2},
+        {0.01, 0.9, 0, 1.0, 1},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
-        for (int i = 0; i < N; i++)
+        for (int i = 0; i < N; i++) {
             v[i] = s_randn(cases[c].sd);
+            if (cases[c].quant == 1)
+                v[i] = (float)(int)v[i];
+            else if (cases[c].quant == 2)
+                v[i] = 0.0f;
+        }
         sampling_params_init(&p);
         p.temperature = cases[c].t;
         p.top_p = cases[c].top_p;
@@ -409,6 +419,8 @@ static void test_top_p(void) {
         for (int i = 0; i < N; i++)
             outside += in[i] ? 0 : counts[i];
         CHECK_MSG(outside == 0, "case %zu: %ld draws outside the nucleus of %d", c, outside, m);
+        if (cases[c].quant == 2)
+            CHECK_MSG(m == 601 && counts[600] > 0 && counts[0] > 0, "flat: nucleus %d", m);
         int dof;
         double chi = s_chi2(counts, ren, N, draws, &dof);
         CHECK_MSG(chi < s_chi2_bound(dof), "case %zu: nucleus %d, chi2 %g (dof %d, bound %g)", c, m,
