@@ -79,7 +79,8 @@ static size_t s_utf8_lead(unsigned char c, unsigned char *lo, unsigned char *hi)
     return 0;
 }
 
-/* Decodes s[0..n) into out as valid UTF-8 (maximal invalid subparts -> U+FFFD). Returns the
+/* Decodes s[0..n) into out as valid UTF-8 without NUL (maximal invalid subparts and NUL ->
+ * U+FFFD). Returns the
  * number of bytes consumed; the rest (< 4 bytes) is a valid but incomplete sequence. With
  * flush, an incomplete tail becomes one U+FFFD and everything is consumed. */
 static size_t s_utf8_decode(const unsigned char *s, size_t n, bool flush, hbuf_t *out) {
@@ -87,8 +88,14 @@ static size_t s_utf8_decode(const unsigned char *s, size_t n, bool flush, hbuf_t
     while (i < n) {
         unsigned char lo, hi;
         size_t len = s_utf8_lead(s[i], &lo, &hi);
-        if (len == 1) {
+        if (len == 1 && s[i] != 0) {
             i++;
+            continue;
+        }
+        if (len == 1) { /* NUL: results are C strings */
+            hbuf_add(out, (const char *)s + run, i - run);
+            hbuf_add(out, S_FFFD, 3);
+            run = ++i;
             continue;
         }
         size_t k = 1; /* bytes of the sequence that are valid so far */
@@ -372,7 +379,7 @@ static void s_header_done(harmony_parser_t *p) {
             p->malformed = true;
         } else if (!recipient && pl > 10 && !memcmp(part, "functions.", 10)) {
             recipient = s_utf8_clean(part, pl); /* a bare recipient */
-        } else if (!ctype && strstr(part, "<|") == NULL) {
+        } else if (!ctype && !memmem(part, pl, "<|", 2)) {
             ctype = s_utf8_clean(part, pl);
         } else {
             p->malformed = true;

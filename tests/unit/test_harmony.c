@@ -683,6 +683,18 @@ static void test_parse_malformed(const tokenizer_t *tok) {
     harmony_result_free(&res);
     free(r.log);
 
+    /* A NUL byte in the output becomes U+FFFD (results are C strings). */
+    tok_ids_t nul = {0};
+    CHECK(tok_encode_special(tok, "<|channel|>final<|message|>", 27, &nul) == 0);
+    CHECK(tok_encode(tok, "a\0b", 3, &nul) == 0);
+    res = parse_ids(tok, nul.ids, nul.len, &r);
+    CHECK_MSG(strcmp(res.content, "a\xEF\xBF\xBD"
+                                  "b") == 0,
+              "'%s'", res.content);
+    harmony_result_free(&res);
+    free(r.log);
+    tok_ids_free(&nul);
+
     /* Ids that are no token at all. */
     static const int32_t junk[] = {-5,     200005, 17196,  200008,    13225, -1,
                                    201000, 250000, 200009, INT32_MAX, 200002};
