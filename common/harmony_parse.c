@@ -10,7 +10,8 @@
  * content. What counts as malformed: a header without or with an unknown channel, a message
  * to a recipient with empty arguments (they become "{}"), plain text with no header (it
  * becomes final content), a header cut off by a terminator or by the end of input, special
- * tokens where they do not belong (dropped), `<|call|>` after a message that was not a call,
+ * tokens where they do not belong (dropped), a message by another author than the assistant
+ * (e.g. a hallucinated tool result: dropped), `<|call|>` after a message that was not a call,
  * ids with no bytes, anything after the end of generation.
  * Rendering prompts is in harmony_render.c. */
 #include "harmony.h"
@@ -53,6 +54,7 @@ struct harmony_parser {
     bool malformed;
     bool finished;
     bool oom;
+    bool discard; /* the open message is not by the assistant (a hallucinated tool result) */
 };
 
 /* ---- UTF-8 -------------------------------------------------------------------------------- */
@@ -152,7 +154,7 @@ static void s_emit(harmony_parser_t *p, harmony_event_kind_t kind, const char *t
 
 /* Sends decoded text of the open message to its destination and as a DELTA event. */
 static void s_deliver(harmony_parser_t *p, const char *text, size_t len) {
-    if (len == 0) return;
+    if (len == 0 || p->discard) return;
     hbuf_t *dst = p->dest == HARMONY_DEST_REASONING ? &p->reasoning
                   : p->dest == HARMONY_DEST_CONTENT ? &p->content
                                                     : &p->calls[p->tool_index].args;
@@ -228,7 +230,7 @@ static void s_open(harmony_parser_t *p, harmony_channel_t ch, char *recipient, c
         if (ch != HARMONY_CHANNEL_FINAL && ch != HARMONY_CHANNEL_COMMENTARY) p->malformed = true;
     }
     p->state = S_CONTENT;
-    s_emit(p, HARMONY_EV_MSG_START, NULL, 0);
+    if (!p->discard) s_emit(p, HARMONY_EV_MSG_START, NULL, 0);
 }
 
 /* Closes the open message: flushes held-back bytes and emits MSG_END. */
@@ -240,8 +242,9 @@ static void s_close(harmony_parser_t *p) {
         hbuf_puts(&p->calls[p->tool_index].args, "{}");
         if (p->calls[p->tool_index].args.oom) p->oom = true;
     }
-    s_emit(p, HARMONY_EV_MSG_END, NULL, 0);
+    if (!p->discard) s_emit(p, HARMONY_EV_MSG_END, NULL, 0);
     s_clear_msg(p);
+    p->discard = false;
     p->state = S_EXPECT_START;
 }
 
@@ -344,7 +347,7 @@ static void s_header_done(harmony_parser_t *p) {
     if (ch == HARMONY_CHANNEL_NONE || ch == HARMONY_CHANNEL_UNKNOWN) p->malformed = true;
     /* The rest: whitespace-separated parts; <|constrain|> starts a part of its own. */
     char *recipient = NULL, *ctype = NULL;
-    bool first = true;
+    bool first = true, discard = false;
     size_t i = 0;
     while (i < n) {
         while (i < n && s_is_space(h[i]))
@@ -368,7 +371,8 @@ static void s_header_done(harmony_parser_t *p) {
             continue;
         }
         if (was_first && p->after_start) {
-            p->malformed = true; /* an unknown role */
+            p->malformed = true; /* another author: its message is dropped */
+            discard = true;
             continue;
         }
         if (pl >= 13 && !memcmp(part, "<|constrain|>", 13)) {
@@ -391,6 +395,11 @@ static void s_header_done(harmony_parser_t *p) {
         recipient = NULL;
     }
     hbuf_free(&p->header);
+    if (discard) {
+        free(recipient); /* not a call the assistant made */
+        recipient = NULL;
+    }
+    p->discard = discard;
     s_open(p, ch, recipient, ctype);
 }
 

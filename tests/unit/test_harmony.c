@@ -683,6 +683,19 @@ static void test_parse_malformed(const tokenizer_t *tok) {
     harmony_result_free(&res);
     free(r.log);
 
+    /* A message by another author (a hallucinated tool result, a user turn) is dropped. */
+    res =
+        parse_text(tok,
+                   "<|channel|>final<|message|>A<|end|><|start|>functions.get_weather "
+                   "to=assistant<|channel|>commentary<|message|>{\"t\":1}<|end|><|start|>user"
+                   "<|message|>more<|end|><|start|>assistant<|channel|>final<|message|>B<|return|>",
+                   &r);
+    CHECK_MSG(strcmp(res.content, "AB") == 0 && res.malformed && res.n_tool_calls == 0, "'%s'",
+              res.content);
+    CHECK(r.starts == 2 && res.finish == HARMONY_FINISH_STOP);
+    harmony_result_free(&res);
+    free(r.log);
+
     /* A NUL byte in the output becomes U+FFFD (results are C strings). */
     tok_ids_t nul = {0};
     CHECK(tok_encode_special(tok, "<|channel|>final<|message|>", 27, &nul) == 0);
