@@ -7,8 +7,10 @@
  * - Candidates are ordered by (logit descending, id ascending): a total order, so every
  *   selection below is deterministic and ties always favour the lower id.
  * - top_k uses a k-entry min-heap over one scan (most ids lose against the heap root in one
- *   compare); top_p without top_k uses quickselect on the cumulative mass to find the nucleus,
- *   then sorts the nucleus only.
+ *   compare), then sorts the k survivors. top_p without top_k bins the mass by log-weight, finds
+ *   the bin where the cumulative mass crosses top_p, quickselects the boundary id inside that bin
+ *   and draws in id order over the ids ranked at or above it: no sort of V, even when the nucleus
+ *   is most of V.
  * - The random draw is a pure function of (seed, position): no stream, no global state.
  * It is not thread-safe per workspace; use one sampling_ws_t per thread. */
 #include "sampling.h"

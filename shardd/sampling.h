@@ -11,7 +11,8 @@
  * HTTP edge); it only validates the numbers it is given.
  *
  * Pipeline, in this order (vLLM's order):
- *   1. mask: ids >= vocab_limit and banned ids get -inf; NaN logits count as -inf.
+ *   1. mask: ids >= vocab_limit and banned ids get -inf; NaN logits count as -inf, +inf as
+ *      FLT_MAX.
  *   2. penalties: repetition (llama.cpp/vLLM: for ids seen in prompt+output, a positive logit is
  *      divided by it, a negative one multiplied), then frequency and presence (OpenAI: logit -=
  *      count * frequency_penalty + (count > 0) * presence_penalty, counts of generated tokens).
@@ -24,10 +25,12 @@
  *      smallest prefix (best first) of those whose renormalized mass reaches top_p (at least one
  *      id); one id is drawn from the survivors with u = sampling_uniform(seed, position).
  *
- * Cost per call: O(V) passes (copy, max, one expf per id for the logprob normaliser), plus
- * O(V log k) worst case for top_k (a k-heap, usually O(V)), expected O(V) + O(n log n) for top_p
- * without top_k (quickselect of the nucleus of n ids, then a sort of the nucleus only), and
- * O(#distinct history ids) for penalties. Never a full sort of V unless the nucleus is all of V. */
+ * Cost per call: a few O(V) passes (copy, argmax, one expf per id for the logprob normaliser, one
+ * more for the temperature weights unless top_k is set), plus O(V log k) worst case for top_k (a
+ * k-entry heap, usually O(V)); top_p without top_k finds the nucleus boundary with a histogram of
+ * mass by log-weight and a quickselect inside the boundary bin (expected O(V)), then draws in id
+ * order; penalties cost O(#distinct history ids). Never a sort of V. About 2-8 ms at V = 201088 on
+ * one core of the build machine (printed by test_sampling). */
 #ifndef GPTOSS_SAMPLING_H
 #define GPTOSS_SAMPLING_H
 
