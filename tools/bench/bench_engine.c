@@ -1,0 +1,316 @@
+/* bench_engine: `gptoss-bench engine --model DIR [--threads N] [--prompt N] [--steps N]`.
+ *
+ * Measures this machine first (memory read bandwidth with all threads, STREAM-like
+ * sum over a 512 MiB buffer; fp32 FMA peak with independent AVX2/AVX-512 FMA
+ * chains), then the CPU engine on the model: prefill tokens/s of one prompt
+ * (default 512 tokens, one step), and decode tokens/s at batch 1, 4 and 16 (each
+ * sequence prefilled with 16 tokens first). Prints weight bytes read per decoded
+ * token (batch 1, GPTOSS.md 8), achieved bytes/s / bandwidth, and prefill FLOP/s /
+ * peak. Random token ids; medians of the timed steps. A benchmark, not a test. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench.h"
+#include "cpu/cpu_pool.h"
+#include "cpu/ops_cpu.h"
+#include "engine.h"
+#include "kvcache.h"
+#include "weights.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+static double s_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int s_cmp(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double s_median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof *v, s_cmp);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* ---- memory bandwidth ------------------------------------------------------ */
+
+typedef struct {
+    const uint64_t *buf;
+    size_t n; /* words */
+    int parts;
+    uint64_t sums[64];
+} s_bw_t;
+
+static void s_bw_task(void *arg, int task, int thread) {
+    (void)thread;
+    s_bw_t *b = arg;
+    size_t per = b->n / (size_t)b->parts, lo = per * (size_t)task, hi = lo + per;
+    uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+    for (size_t i = lo; i < hi; i += 8) {
+        a0 += b->buf[i], a1 += b->buf[i + 1], a2 += b->buf[i + 2], a3 += b->buf[i + 3];
+        a4 += b->buf[i + 4], a5 += b->buf[i + 5], a6 += b->buf[i + 6], a7 += b->buf[i + 7];
+    }
+    b->sums[task % 64] = a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7;
+}
+
+static double s_bandwidth(cpu_pool_t *pool) {
+    const size_t bytes = (size_t)512 << 20;
+    uint64_t *buf = malloc(bytes);
+    if (!buf) return 0;
+    for (size_t i = 0; i < bytes / 8; i++)
+        buf[i] = i;
+    s_bw_t b = {.buf = buf, .n = bytes / 8, .parts = cpu_pool_size(pool) * 4};
+    double best = 0;
+    for (int r = 0; r < 5; r++) {
+        double t = s_now();
+        cpu_pool_run(pool, b.parts, s_bw_task, &b);
+        t = s_now() - t;
+        if (bytes / t > best) best = bytes / t;
+    }
+    free(buf);
+    return best;
+}
+
+/* ---- FMA peak -------------------------------------------------------------- */
+
+#define S_FMA_ITERS 20000000L
+
+typedef struct {
+    int width; /* 8 (AVX2) or 16 (AVX-512) */
+    float sink[64];
+} s_fma_t;
+
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static float s_fma_avx2(long iters) {
+    __m256 a[10], m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    for (int i = 0; i < 10; i++)
+        a[i] = _mm256_set1_ps((float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 10; i++)
+            a[i] = _mm256_fmadd_ps(a[i], m, c);
+    __m256 s = a[0];
+    for (int i = 1; i < 10; i++)
+        s = _mm256_add_ps(s, a[i]);
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0];
+}
+
+__attribute__((target("avx512f"))) static float s_fma_avx512(long iters) {
+    __m512 a[12], m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    for (int i = 0; i < 12; i++)
+        a[i] = _mm512_set1_ps((float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++)
+            a[i] = _mm512_fmadd_ps(a[i], m, c);
+    __m512 s = a[0];
+    for (int i = 1; i < 12; i++)
+        s = _mm512_add_ps(s, a[i]);
+    return _mm512_reduce_add_ps(s);
+}
+#endif
+
+static void s_fma_task(void *arg, int task, int thread) {
+    (void)thread;
+    s_fma_t *f = arg;
+#if defined(__x86_64__)
+    f->sink[task % 64] = f->width == 16 ? s_fma_avx512(S_FMA_ITERS) : s_fma_avx2(S_FMA_ITERS);
+#else
+    (void)f;
+#endif
+}
+
+/* FLOP/s of n_threads chains of FMAs (0 where no SIMD FMA). */
+static double s_fma_peak(cpu_pool_t *pool, int *width) {
+#if defined(__x86_64__)
+    s_fma_t f = {.width = 0};
+    if (__builtin_cpu_supports("avx512f"))
+        f.width = 16;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        f.width = 8;
+    *width = f.width;
+    if (!f.width) return 0;
+    int n = cpu_pool_size(pool);
+    int lanes = f.width == 16 ? 12 : 10;
+    double t = s_now();
+    cpu_pool_run(pool, n, s_fma_task, &f);
+    t = s_now() - t;
+    return (double)n * S_FMA_ITERS * lanes * f.width * 2 / t;
+#else
+    (void)pool;
+    *width = 0;
+    return 0;
+#endif
+}
+
+/* ---- engine ---------------------------------------------------------------- */
+
+/* Multiply-adds per token of the dense + expert matmuls (lm_head counted apart). */
+static double s_macs_per_token(const weights_t *w) {
+    const gptoss_config_t *c = &w->cfg;
+    double macs = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        const weights_layer_t *L = &w->layers[l];
+        macs += (double)(L->q.rows + L->k.rows + L->v.rows) * L->q.cols;
+        macs += (double)L->o.rows * L->o.cols + (double)L->router.rows * L->router.cols;
+        macs +=
+            (double)c->num_experts_per_tok * ((double)L->gate_up.mat.rows * L->gate_up.mat.cols +
+                                              (double)L->down.mat.rows * L->down.mat.cols);
+    }
+    return macs;
+}
+
+static int s_run(engine_t *eng, kvcache_seq_t *seqs, int32_t **toks, int n_seqs, int n_tok,
+                 const int *start, float *logits, double *secs) {
+    engine_seq_t s[64];
+    gerr_t err = {{0}};
+    for (int i = 0; i < n_seqs; i++) {
+        if (kvcache_seq_reserve(engine_kv(eng), &seqs[i], start[i], start[i] + n_tok, &err)) {
+            fprintf(stderr, "bench: %s\n", err.msg);
+            return -1;
+        }
+        s[i] = (engine_seq_t){.tokens = toks[i] + start[i],
+                              .n_tokens = n_tok,
+                              .start_pos = start[i],
+                              .full_blocks = seqs[i].full,
+                              .n_full_blocks = seqs[i].n_full,
+                              .window_blocks = seqs[i].window,
+                              .n_window_blocks = seqs[i].n_window};
+    }
+    double t = s_now();
+    int rc = engine_step(eng, s, n_seqs, logits, &err);
+    *secs = s_now() - t;
+    if (rc) fprintf(stderr, "bench: %s\n", err.msg);
+    return rc;
+}
+
+int bench_engine_main(int argc, char **argv) {
+    const char *model = NULL;
+    int threads = 0, prompt = 512, steps = 6;
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 < argc && strcmp(argv[i], "--model") == 0)
+            model = argv[++i];
+        else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0)
+            threads = atoi(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--prompt") == 0)
+            prompt = atoi(argv[++i]);
+        else if (i + 1 < argc && strcmp(argv[i], "--steps") == 0)
+            steps = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: gptoss-bench engine --model DIR [--threads N] [--prompt N] "
+                            "[--steps N]\n");
+            return 2;
+        }
+    }
+    if (!model || prompt < 1 || steps < 1) {
+        fprintf(stderr, "gptoss-bench engine: --model DIR is required\n");
+        return 2;
+    }
+    gerr_t err = {{0}};
+    weights_t *w = NULL;
+    ops_t *ops = NULL;
+    engine_t *eng = NULL;
+    if (weights_load(model, &w, &err) || ops_cpu_new(threads, NULL, &ops, &err)) {
+        fprintf(stderr, "gptoss-bench engine: %s\n", err.msg);
+        weights_free(&w);
+        return 1;
+    }
+    int n_threads = ops_cpu_threads(ops);
+    cpu_pool_t *pool = cpu_pool_new(n_threads);
+    double bw = s_bandwidth(pool);
+    int width = 0;
+    double peak = s_fma_peak(pool, &width);
+    cpu_pool_free(&pool);
+    printf("machine: %d threads, memory read %.1f GB/s, fp32 FMA peak %.1f GFLOP/s (%d-wide)\n",
+           n_threads, bw / 1e9, peak / 1e9, width);
+
+    const gptoss_config_t *c = &w->cfg;
+    engine_opts_t eo = {
+        .kv_budget_bytes = (size_t)2 << 30, .max_seqs = 16, .max_chunk = prompt > 16 ? prompt : 16};
+    if (engine_new(w, ops, &eo, &eng, &err)) {
+        fprintf(stderr, "gptoss-bench engine: %s\n", err.msg);
+        ops_cpu_free(&ops);
+        weights_free(&w);
+        return 1;
+    }
+    const int V = engine_vocab(eng), ctx = prompt + 16 + steps + 2;
+    float *logits = malloc(sizeof(float) * (size_t)V * 16);
+    int32_t *toks[16];
+    uint64_t rng = 88172645463325252ull;
+    for (int i = 0; i < 16; i++) {
+        toks[i] = malloc(sizeof(int32_t) * (size_t)ctx);
+        for (int j = 0; j < ctx; j++) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            toks[i][j] =
+                (int32_t)(rng % (uint64_t)(c->vocab_size < 200000 ? c->vocab_size : 199998));
+        }
+    }
+    printf("model: %s, %d layers, hidden %d, %d experts top-%d, vocab %d; ops %s\n", model,
+           c->num_hidden_layers, c->hidden_size, c->num_local_experts, c->num_experts_per_tok,
+           c->vocab_size, ops->name);
+
+    /* prefill */
+    kvcache_seq_t seqs[16];
+    memset(seqs, 0, sizeof seqs);
+    int start[16] = {0};
+    double t_pre = 0;
+    int rc = s_run(eng, seqs, toks, 1, prompt, start, logits, &t_pre);
+    kvcache_seq_release(engine_kv(eng), &seqs[0]);
+    double macs = s_macs_per_token(w);
+    double flops = 2.0 * macs * prompt + 2.0 * (double)w->lm_head.rows * w->lm_head.cols;
+    for (int l = 0; l < c->num_hidden_layers && !rc; l++) { /* attention: QK and PV */
+        double keys = 0;
+        for (int p = 0; p < prompt; p++)
+            keys += c->layer_sliding[l] && p + 1 > c->sliding_window ? c->sliding_window : p + 1;
+        flops += 4.0 * keys * w->n_heads * c->head_dim;
+    }
+    if (!rc)
+        printf("prefill: %d tokens in %.2f s = %.2f tok/s, %.1f GFLOP/s = %.0f%% of FMA peak\n",
+               prompt, t_pre, prompt / t_pre, flops / t_pre / 1e9,
+               peak > 0 ? 100.0 * flops / t_pre / peak : 0.0);
+
+    /* decode at batch 1, 4, 16 */
+    const int batches[3] = {1, 4, 16};
+    for (int bi = 0; bi < 3 && !rc; bi++) {
+        int B = batches[bi];
+        memset(seqs, 0, sizeof seqs);
+        for (int i = 0; i < B; i++)
+            start[i] = 0;
+        double t;
+        rc = s_run(eng, seqs, toks, B, 16, start, logits, &t); /* prefill 16 each */
+        double times[64];
+        for (int s = 0; s < steps && !rc; s++) {
+            for (int i = 0; i < B; i++)
+                start[i] = 16 + s;
+            rc = s_run(eng, seqs, toks, B, 1, start, logits, &times[s]);
+        }
+        for (int i = 0; i < B; i++)
+            kvcache_seq_release(engine_kv(eng), &seqs[i]);
+        if (rc) break;
+        double med = s_median(times, steps);
+        double tps = B / med;
+        if (B == 1)
+            printf("decode batch 1: %.2f tok/s (%.1f ms/step); weight bytes/token %.3f GB -> "
+                   "%.1f GB/s = %.0f%% of measured bandwidth\n",
+                   tps, med * 1e3, w->bytes_per_token / 1e9, w->bytes_per_token * tps / 1e9,
+                   bw > 0 ? 100.0 * w->bytes_per_token * tps / bw : 0.0);
+        else
+            printf("decode batch %d: %.2f tok/s (%.1f ms/step)\n", B, tps, med * 1e3);
+    }
+    for (int i = 0; i < 16; i++)
+        free(toks[i]);
+    free(logits);
+    engine_free(&eng);
+    ops_cpu_free(&ops);
+    weights_free(&w);
+    return rc ? 1 : 0;
+}
