@@ -145,8 +145,8 @@ typedef enum {
 
 typedef enum {
     HARMONY_FINISH_NONE,       /* generation has not ended (or was cut off: max_tokens) */
-    HARMONY_FINISH_STOP,       /* <|return|> (or <|endoftext|>) */
-    HARMONY_FINISH_TOOL_CALLS, /* ended and at least one tool call was made */
+    HARMONY_FINISH_STOP,       /* <|return|>, <|endoftext|>, or <|call|> with no call made */
+    HARMONY_FINISH_TOOL_CALLS, /* ended (normally by <|call|>) and at least one call was made */
 } harmony_finish_t;
 
 typedef enum {
@@ -165,7 +165,7 @@ typedef struct {
     const char *content_type; /* e.g. "json", NULL if none */
     const char *tool_name;    /* dest TOOL_ARGS: the function name */
     size_t tool_index;        /* dest TOOL_ARGS: index of the call in the result */
-    const char *text;         /* DELTA */
+    const char *text;         /* DELTA: valid UTF-8, no NUL (NUL bytes become U+FFFD) */
     size_t len;               /* DELTA */
     harmony_finish_t finish;  /* DONE */
 } harmony_event_t;
@@ -179,7 +179,7 @@ typedef struct {
     harmony_tool_call_t *tool_calls; /* [n_tool_calls]; id NULL, arguments never NULL */
     size_t n_tool_calls;
     harmony_finish_t finish;
-    bool malformed; /* the output broke the format somewhere (see harmony.c) */
+    bool malformed; /* the output broke the format somewhere (see harmony_parse.c) */
 } harmony_result_t;
 
 typedef struct harmony_parser harmony_parser_t;
