@@ -284,7 +284,6 @@ int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits
         }
     }
     const int H = e->H, D = e->D;
-    const size_t Q = (size_t)e->nh * D;
     const float sm_scale = 1.0f / sqrtf((float)D);
     o->embed(o, e->w->embed.w, e->w->embed.stride, H, e->ids, T, e->x);
     ops_rope_table(&e->rope, e->pos, T, e->cs);
@@ -306,7 +305,6 @@ int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits
         o->rmsnorm(o, e->x, L->ln_mlp, T, H, c->rms_norm_eps, e->a);
         s_moe(e, L, T);
     }
-    (void)Q;
     for (int r = 0; r < R; r++)
         memcpy(e->xe + (size_t)r * H, e->x + (size_t)e->out_rows[r] * H, sizeof(float) * H);
     o->rmsnorm(o, e->xe, e->w->norm, R, H, c->rms_norm_eps, e->a);

@@ -31,14 +31,12 @@ int kvcache_plan(const gptoss_config_t *cfg, int n_kv_heads, ops_kv_dtype_t dtyp
     size_t blk = 2 * s_block_bytes(n_kv_heads, cfg->head_dim, block_size, dtype);
     int per_seq = (cfg->sliding_window + max_chunk + block_size - 1) / block_size + 2;
     size_t win = n_sl ? (size_t)max_seqs * per_seq * blk * n_sl : 0;
-    if (win >= budget_bytes || L == n_sl) {
-        if (L != n_sl || win > budget_bytes) {
-            gerr_set(err,
-                     "KV cache budget of %zu MiB is too small for %d sequences (need more "
-                     "than %zu MiB for the sliding-window layers alone)",
-                     budget_bytes >> 20, max_seqs, win >> 20);
-            return GERR_LIMIT;
-        }
+    if (win > budget_bytes) {
+        gerr_set(err,
+                 "KV cache budget of %zu MiB is too small for %d sequences (the "
+                 "sliding-window layers alone need %zu MiB)",
+                 budget_bytes >> 20, max_seqs, win >> 20);
+        return GERR_LIMIT;
     }
     opts->dtype = dtype;
     opts->block_size = block_size;

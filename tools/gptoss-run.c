@@ -294,7 +294,8 @@ int main(int argc, char **argv) {
                         .max_chunk = chunk};
     if (engine_new(w, ops, &eo, &eng, &err)) goto fail;
     const int V = engine_vocab(eng);
-    logits = malloc(sizeof(float) * (size_t)V * (size_t)chunk);
+    /* one row per step unless every prompt position's logits are wanted */
+    logits = malloc(sizeof(float) * (size_t)V * (size_t)(a.dump ? chunk : 1));
     last = malloc(sizeof(float) * (size_t)V);
     gen = malloc(sizeof(int32_t) * (size_t)(a.max_tokens + 1));
     argmax_all = malloc(sizeof(int32_t) * (size_t)n_prompt);

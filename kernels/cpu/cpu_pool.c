@@ -9,7 +9,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
-#define CPU_POOL_SPIN 20000 /* polls before a worker sleeps (~tens of microseconds) */
+#define CPU_POOL_SPIN 4000 /* polls before a worker sleeps (tens of microseconds) */
 
 struct cpu_pool {
     int n_threads;          /* including the caller */
