@@ -119,7 +119,8 @@ int harmony_conv_from_openai_json(const cJSON *request, harmony_conv_t **out, ge
  * length (may be NULL). Returns GERR_INVALID when the conversation cannot be rendered (a tool
  * result naming no function, a tool call without a name). */
 int harmony_render_text(const harmony_conv_t *c, char **out, size_t *out_len, gerr_t *err);
-/* Renders the prompt as token ids appended to *out (caller-owned, tok_ids_free). */
+/* Renders the prompt as token ids appended to *out (caller-owned, tok_ids_free); on error
+ * *out may hold a partial prompt. Same errors as harmony_render_text. */
 int harmony_render_ids(const harmony_conv_t *c, const tokenizer_t *tok, tok_ids_t *out,
                        gerr_t *err);
 /* Renders a JSON schema as the TypeScript type harmony shows the model (GPTOSS.md §7.4);
