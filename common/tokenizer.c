@@ -35,9 +35,12 @@
 #define TOK_PAD_END     201088     /* ids below this (and >= the table) are padding */
 #define TOK_SMALL_PIECE 96         /* pieces up to this many bytes use the plain merge scan */
 
+/* A hash-table slot. Tokens of up to 8 bytes keep their bytes in the slot, so a
+ * lookup of a short string touches one cache line and never the slab. */
 typedef struct {
-    uint32_t id1;  /* id + 1; 0 = empty slot */
-    uint32_t hchk; /* upper hash bits, to skip most byte compares */
+    uint64_t key; /* the bytes, zero-padded (len <= 8), else the slab offset */
+    uint32_t id1; /* id + 1; 0 = empty slot */
+    uint32_t len; /* bytes */
 } tok_slot_t;
 
 typedef struct {
@@ -58,6 +61,7 @@ struct tokenizer {
     tok_special_t *specials;
     int n_specials;
     bool special_first[256]; /* first bytes of special strings */
+    int32_t byte_id[256];    /* id of each single byte */
     pcre2_code *re;
 };
 
@@ -84,9 +88,23 @@ void tok_ids_free(tok_ids_t *v) {
 
 /* ---- hashing ------------------------------------------------------------------------- */
 
-static uint64_t s_hash(const uint8_t *p, size_t n) {
+static inline uint64_t s_mix(uint64_t h) {
+    h ^= h >> 32;
+    h *= 0xbf58476d1ce4e5b9ull;
+    h ^= h >> 29;
+    return h;
+}
+
+/* Loads up to 8 bytes, zero-padded. */
+static inline uint64_t s_load_short(const uint8_t *p, size_t n) {
+    uint64_t v = 0;
+    memcpy(&v, p, n);
+    return v;
+}
+
+static inline uint64_t s_hash(const uint8_t *p, size_t n) {
     uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)n;
-    while (n >= 8) {
+    while (n > 8) {
         uint64_t v;
         memcpy(&v, p, 8);
         h = (h ^ v) * 0xbf58476d1ce4e5b9ull;
@@ -94,27 +112,26 @@ static uint64_t s_hash(const uint8_t *p, size_t n) {
         p += 8;
         n -= 8;
     }
-    uint64_t v = 0;
-    memcpy(&v, p, n);
-    h = (h ^ v) * 0x94d049bb133111ebull;
-    h ^= h >> 32;
-    h *= 0xbf58476d1ce4e5b9ull;
-    h ^= h >> 29;
-    return h;
+    h = (h ^ s_load_short(p, n)) * 0x94d049bb133111ebull;
+    return s_mix(h);
 }
 
 /* Rank of the ordinary token with bytes p[0..n), or -1. */
 static inline int32_t s_lookup(const tokenizer_t *t, const uint8_t *p, size_t n) {
     if (n == 0 || n > t->max_toklen) return -1;
-    uint64_t h = s_hash(p, n);
-    uint32_t chk = (uint32_t)(h >> 32);
-    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
+    uint32_t i = (uint32_t)s_hash(p, n) & t->mask;
+    if (n <= 8) {
+        uint64_t v = s_load_short(p, n);
+        for (;; i = (i + 1) & t->mask) {
+            const tok_slot_t *s = &t->slots[i];
+            if (s->id1 == 0) return -1;
+            if (s->len == n && s->key == v) return (int32_t)s->id1 - 1;
+        }
+    }
+    for (;; i = (i + 1) & t->mask) {
         const tok_slot_t *s = &t->slots[i];
         if (s->id1 == 0) return -1;
-        if (s->hchk == chk) {
-            uint32_t id = s->id1 - 1;
-            if (t->len[id] == n && memcmp(t->slab + t->off[id], p, n) == 0) return (int32_t)id;
-        }
+        if (s->len == n && memcmp(t->slab + s->key, p, n) == 0) return (int32_t)s->id1 - 1;
     }
 }
 
@@ -122,20 +139,14 @@ static inline int32_t s_lookup(const tokenizer_t *t, const uint8_t *p, size_t n)
 static bool s_insert(tokenizer_t *t, int32_t id) {
     const uint8_t *p = t->slab + t->off[id];
     size_t n = t->len[id];
-    uint64_t h = s_hash(p, n);
-    uint32_t chk = (uint32_t)(h >> 32);
-    for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
-        tok_slot_t *s = &t->slots[i];
-        if (s->id1 == 0) {
-            s->id1 = (uint32_t)id + 1;
-            s->hchk = chk;
-            return true;
-        }
-        if (s->hchk == chk) {
-            uint32_t o = s->id1 - 1;
-            if (t->len[o] == n && memcmp(t->slab + t->off[o], p, n) == 0) return false;
-        }
-    }
+    if (s_lookup(t, p, n) >= 0) return false;
+    uint32_t i = (uint32_t)s_hash(p, n) & t->mask;
+    while (t->slots[i].id1 != 0)
+        i = (i + 1) & t->mask;
+    t->slots[i].key = n <= 8 ? s_load_short(p, n) : t->off[id];
+    t->slots[i].id1 = (uint32_t)id + 1;
+    t->slots[i].len = (uint32_t)n;
+    return true;
 }
 
 /* ---- UTF-8 helpers ------------------------------------------------------------------- */
@@ -459,7 +470,8 @@ static int s_build(tokenizer_t *t, const cJSON *root, gerr_t *err) {
     }
     for (int b = 0; b < 256; b++) {
         uint8_t c = (uint8_t)b;
-        if (s_lookup(t, &c, 1) < 0) {
+        t->byte_id[b] = s_lookup(t, &c, 1);
+        if (t->byte_id[b] < 0) {
             gerr_set(err, "model.vocab lacks the single byte 0x%02x (byte-level BPE needs all 256)",
                      b);
             return GERR_INVALID;
@@ -572,9 +584,8 @@ void tok_free(tokenizer_t **tp) {
 
 /* Per-call scratch for merging (grown as needed, freed at the end of the call). */
 typedef struct {
-    uint32_t *a, *b, *c; /* plain scan: starts, pair ranks; heap: next, prev, rank */
-    uint8_t *dead;
-    struct heap_ent *heap;
+    uint32_t *a, *b, *c, *d; /* plain scan: starts, pair ranks; heap: next, prev, ranks */
+    uint64_t *heap;          /* heap merge: (rank << 32 | position) of candidate pairs */
     size_t cap, hcap;
     /* tok_split only: record piece end offsets (from base) instead of merging */
     bool split_only;
@@ -583,17 +594,11 @@ typedef struct {
     size_t nends, ends_cap;
 } tok_scratch_t;
 
-struct heap_ent {
-    uint32_t rank; /* rank of the merged pair */
-    uint32_t pos;  /* start of the left part */
-    uint32_t len;  /* bytes of the pair when pushed (stale if it changed) */
-};
-
 static void s_scratch_free(tok_scratch_t *s) {
     free(s->a);
     free(s->b);
     free(s->c);
-    free(s->dead);
+    free(s->d);
     free(s->heap);
     free(s->ends);
     memset(s, 0, sizeof *s);
@@ -604,15 +609,12 @@ static int s_scratch_need(tok_scratch_t *s, size_t n) {
     size_t cap = s->cap ? s->cap : 256;
     while (cap < n + 1)
         cap *= 2;
-    uint32_t *a = realloc(s->a, cap * sizeof *a);
-    if (a) s->a = a;
-    uint32_t *b = realloc(s->b, cap * sizeof *b);
-    if (b) s->b = b;
-    uint32_t *c = realloc(s->c, cap * sizeof *c);
-    if (c) s->c = c;
-    uint8_t *d = realloc(s->dead, cap);
-    if (d) s->dead = d;
-    if (!a || !b || !c || !d) return GERR_NOMEM;
+    uint32_t **arr[4] = {&s->a, &s->b, &s->c, &s->d};
+    for (int k = 0; k < 4; k++) {
+        uint32_t *q = realloc(*arr[k], cap * sizeof *q);
+        if (!q) return GERR_NOMEM; /* the arrays already grown stay valid */
+        *arr[k] = q;
+    }
     s->cap = cap;
     return GERR_OK;
 }
@@ -662,92 +664,101 @@ static int s_bpe_small(const tokenizer_t *t, const uint8_t *p, size_t n, tok_scr
     return GERR_OK;
 }
 
-static inline bool s_heap_less(const struct heap_ent *x, const struct heap_ent *y) {
-    return x->rank < y->rank || (x->rank == y->rank && x->pos < y->pos);
+/* Min-heap of uint64 keys (rank << 32 | position): lowest rank first, then leftmost.
+ * 4-ary: half the depth of a binary heap, and the 4 children share a cache line. */
+static void s_heap_down(uint64_t *h, size_t n, size_t i) {
+    uint64_t x = h[i];
+    for (;;) {
+        size_t c = 4 * i + 1;
+        if (c >= n) break;
+        size_t m = c;
+        size_t e = c + 4 < n ? c + 4 : n;
+        for (size_t k = c + 1; k < e; k++)
+            if (h[k] < h[m]) m = k;
+        if (h[m] >= x) break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = x;
 }
 
-static int s_heap_push(tok_scratch_t *s, size_t *hn, struct heap_ent e) {
+static int s_heap_push(tok_scratch_t *s, size_t *hn, uint64_t x) {
     if (*hn == s->hcap) {
         size_t cap = s->hcap ? s->hcap * 2 : 1024;
-        struct heap_ent *h = realloc(s->heap, cap * sizeof *h);
+        uint64_t *h = realloc(s->heap, cap * sizeof *h);
         if (!h) return GERR_NOMEM;
         s->heap = h;
         s->hcap = cap;
     }
-    struct heap_ent *h = s->heap;
+    uint64_t *h = s->heap;
     size_t i = (*hn)++;
     while (i > 0) {
-        size_t par = (i - 1) / 2;
-        if (!s_heap_less(&e, &h[par])) break;
+        size_t par = (i - 1) / 4;
+        if (h[par] <= x) break;
         h[i] = h[par];
         i = par;
     }
-    h[i] = e;
+    h[i] = x;
     return GERR_OK;
 }
 
-static struct heap_ent s_heap_pop(tok_scratch_t *s, size_t *hn) {
-    struct heap_ent *h = s->heap;
-    struct heap_ent top = h[0], last = h[--(*hn)];
-    size_t n = *hn, i = 0;
-    for (;;) {
-        size_t c = 2 * i + 1;
-        if (c >= n) break;
-        if (c + 1 < n && s_heap_less(&h[c + 1], &h[c])) c++;
-        if (!s_heap_less(&h[c], &last)) break;
-        h[i] = h[c];
-        i = c;
-    }
-    if (n > 0) h[i] = last;
-    return top;
-}
-
-/* Heap merge: parts form a linked list over byte positions; pairs wait in a min-heap
- * keyed (rank, position); entries whose pair has since changed are skipped on pop. */
+/* Heap merge: parts form a linked list over byte positions; pair_rank[i] is the rank
+ * of part i joined with its right neighbour (TOK_NORANK if none). Candidate pairs wait
+ * in a min-heap; an entry whose pair has changed since (pair_rank differs: bytes only
+ * grow, so a changed pair has another rank) is skipped when popped. */
 static int s_bpe_heap(const tokenizer_t *t, const uint8_t *p, size_t n, tok_scratch_t *s,
                       tok_ids_t *out) {
     if (n >= UINT32_MAX - 1) return GERR_LIMIT;
     if (s_scratch_need(s, n) < 0) return GERR_NOMEM;
-    uint32_t *next = s->a, *prev = s->b, *rank = s->c;
-    uint8_t *dead = s->dead;
+    uint32_t *next = s->a, *prev = s->b, *rank = s->c, *pair_rank = s->d;
     const uint32_t end = (uint32_t)n;
+    if (s->hcap < n) {
+        uint64_t *h = realloc(s->heap, n * sizeof *h);
+        if (!h) return GERR_NOMEM;
+        s->heap = h;
+        s->hcap = n;
+    }
     size_t hn = 0;
     for (size_t i = 0; i < n; i++) {
         next[i] = (uint32_t)i + 1;
         prev[i] = i ? (uint32_t)i - 1 : UINT32_MAX;
-        rank[i] = (uint32_t)s_lookup(t, p + i, 1);
-        dead[i] = 0;
+        rank[i] = (uint32_t)t->byte_id[p[i]];
+        pair_rank[i] = TOK_NORANK;
+        if (i + 1 < n) {
+            int32_t r = s_lookup(t, p + i, 2);
+            if (r >= 0) {
+                pair_rank[i] = (uint32_t)r;
+                s->heap[hn++] = (uint64_t)r << 32 | i;
+            }
+        }
     }
-    for (size_t i = 0; i + 1 < n; i++) {
-        int32_t r = s_lookup(t, p + i, 2);
-        if (r >= 0 && s_heap_push(s, &hn, (struct heap_ent){(uint32_t)r, (uint32_t)i, 2}) < 0)
-            return GERR_NOMEM;
-    }
+    for (size_t i = hn / 4 + 1; i-- > 0;) /* heapify: every parent, bottom up */
+        if (i < hn) s_heap_down(s->heap, hn, i);
     while (hn > 0) {
-        struct heap_ent e = s_heap_pop(s, &hn);
-        uint32_t i = e.pos;
-        if (dead[i] || next[i] == end) continue;
+        uint64_t top = s->heap[0];
+        s->heap[0] = s->heap[--hn];
+        if (hn > 0) s_heap_down(s->heap, hn, 0);
+        uint32_t i = (uint32_t)top, r = (uint32_t)(top >> 32);
+        if (pair_rank[i] != r) continue; /* stale */
+        /* merge the right neighbour j into i */
         uint32_t j = next[i];
-        if (next[j] - i != e.len) continue; /* stale: a side has grown since */
-        /* merge j into i */
-        rank[i] = e.rank;
-        dead[j] = 1;
+        rank[i] = r;
+        pair_rank[j] = TOK_NORANK;
         next[i] = next[j];
         if (next[j] != end) prev[next[j]] = i;
         if (prev[i] != UINT32_MAX) {
             uint32_t h = prev[i];
-            uint32_t len = next[i] - h;
-            int32_t r = s_lookup(t, p + h, len);
-            if (r >= 0 && s_heap_push(s, &hn, (struct heap_ent){(uint32_t)r, h, len}) < 0)
-                return GERR_NOMEM;
+            int32_t q = s_lookup(t, p + h, next[i] - h);
+            pair_rank[h] = q < 0 ? TOK_NORANK : (uint32_t)q;
+            if (q >= 0 && s_heap_push(s, &hn, (uint64_t)q << 32 | h) < 0) return GERR_NOMEM;
         }
+        pair_rank[i] = TOK_NORANK;
         if (next[i] != end) {
-            uint32_t k = next[i];
-            uint32_t kend = next[k];
-            uint32_t len = kend - i;
-            int32_t r = s_lookup(t, p + i, len);
-            if (r >= 0 && s_heap_push(s, &hn, (struct heap_ent){(uint32_t)r, i, len}) < 0)
-                return GERR_NOMEM;
+            int32_t q = s_lookup(t, p + i, next[next[i]] - i);
+            if (q >= 0) {
+                pair_rank[i] = (uint32_t)q;
+                if (s_heap_push(s, &hn, (uint64_t)q << 32 | i) < 0) return GERR_NOMEM;
+            }
         }
     }
     for (uint32_t i = 0; i != end; i = next[i])
