@@ -32,7 +32,39 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
     int t = 0;
     for (; t + 4 <= T; t += 4) {
         const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
-        for (int r = r0; r < r1; r++) {
+        int r = r0;
+        /* two rows x four tokens: 8 accumulators, each x load feeds two FMAs */
+        for (; r + 2 <= r1 && n8 == n; r += 2) {
+            const uint16_t *w = W->w + (size_t)r * W->stride, *u = w + W->stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int c = 0; c < n; c += 8) {
+                __m256 wv = s_load_bf16(w + c), uv = s_load_bf16(u + c), xv;
+                xv = _mm256_loadu_ps(x0 + c);
+                a0 = _mm256_fmadd_ps(wv, xv, a0);
+                b0 = _mm256_fmadd_ps(uv, xv, b0);
+                xv = _mm256_loadu_ps(x1 + c);
+                a1 = _mm256_fmadd_ps(wv, xv, a1);
+                b1 = _mm256_fmadd_ps(uv, xv, b1);
+                xv = _mm256_loadu_ps(x2 + c);
+                a2 = _mm256_fmadd_ps(wv, xv, a2);
+                b2 = _mm256_fmadd_ps(uv, xv, b2);
+                xv = _mm256_loadu_ps(x3 + c);
+                a3 = _mm256_fmadd_ps(wv, xv, a3);
+                b3 = _mm256_fmadd_ps(uv, xv, b3);
+            }
+            float bw = bias ? bf16_to_f32(bias[r]) : 0.0f,
+                  bu = bias ? bf16_to_f32(bias[r + 1]) : 0.0f;
+            y[(size_t)t * ldy + r] = s_hsum(a0) + bw;
+            y[(size_t)(t + 1) * ldy + r] = s_hsum(a1) + bw;
+            y[(size_t)(t + 2) * ldy + r] = s_hsum(a2) + bw;
+            y[(size_t)(t + 3) * ldy + r] = s_hsum(a3) + bw;
+            y[(size_t)t * ldy + r + 1] = s_hsum(b0) + bu;
+            y[(size_t)(t + 1) * ldy + r + 1] = s_hsum(b1) + bu;
+            y[(size_t)(t + 2) * ldy + r + 1] = s_hsum(b2) + bu;
+            y[(size_t)(t + 3) * ldy + r + 1] = s_hsum(b3) + bu;
+        }
+        for (; r < r1; r++) {
             const uint16_t *w = W->w + (size_t)r * W->stride;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;

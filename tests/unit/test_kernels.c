@@ -47,7 +47,7 @@ static int s_close(double got, double want, double mag, double tol) {
 }
 
 static void s_test_matmul_bf16(const ops_t *o) {
-    const int Ts[] = {1, 2, 4, 5, 11};
+    const int Ts[] = {1, 2, 4, 5, 8, 11};
     const int cols_list[] = {64, 72, 100, 2880 / 8};
     for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
         for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++) {
@@ -84,7 +84,7 @@ static void s_test_matmul_bf16(const ops_t *o) {
 }
 
 static void s_test_matmul_mxfp4(const ops_t *o) {
-    const int Ts[] = {1, 3, 4, 6, 9};
+    const int Ts[] = {1, 3, 4, 6, 8, 9, 13, 17};
     const int cols_list[] = {32, 64, 96, 2880};
     for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
         for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++) {
