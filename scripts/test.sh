@@ -23,7 +23,7 @@ if command -v clang >/dev/null; then
   for f in build-fuzz/fuzz_*; do
     [ -x "$f" ] || continue
     corpus=$(mktemp -d)
-    if ! "$f" -max_total_time="${FUZZ_SECONDS:-10}" -max_len=8192 "$corpus" >"$corpus.log" 2>&1; then
+    if ! GPTOSS_TOKENIZER="$PWD/build-fuzz/fixtures/tokenizer" "$f" -max_total_time="${FUZZ_SECONDS:-10}" -max_len=8192 "$corpus" >"$corpus.log" 2>&1; then
       echo "FAIL: $f"; tail -30 "$corpus.log"; status=1
     else
       echo "ok: $f ($(grep -o 'Done [0-9]* runs' "$corpus.log"))"
