@@ -85,7 +85,8 @@ typedef struct {
 
 /* Starts a stream over t. */
 void tok_stream_init(tok_stream_t *s, const tokenizer_t *t);
-/* Adds id; writes complete text to *out (caller frees, may be "" ) and its length. */
+/* Adds id; writes complete text to *out (caller frees, may be "" ) and its length.
+ * The output is always valid UTF-8: an ill-formed byte sequence comes out as U+FFFD. */
 int tok_stream_push(tok_stream_t *s, int32_t id, char **out, size_t *out_len);
 /* Flushes any held-back bytes (invalid tails come out as U+FFFD). Caller frees *out. */
 int tok_stream_flush(tok_stream_t *s, char **out, size_t *out_len);
