@@ -594,6 +594,8 @@ static void s_test_malformed(void) {
     }
     tok_free(&t);
     CHECK(t == NULL);
+    CHECK(tok_load(path, &t, &err) == 0 && t != NULL); /* the file path works too */
+    tok_free(&t);
 
     /* every truncation of it is refused */
     size_t gl = strlen(good);
