@@ -36,7 +36,7 @@ def main(argv):
             dump = os.path.join(tmp, c["name"] + ".json")
             cmd = [run, "--model", vectors, "--prompt-ids", ",".join(map(str, c["input_ids"])),
                    "--max-tokens", str(n_gen), "--ignore-eos", "--temperature", "0",
-                   "--dump-logits", dump] + extra
+                   "--dump-logits", dump, "--kv-budget-mb", "64"] + extra
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             if p.returncode != 0:
                 print(f"FAIL {c['name']}: gptoss-run exited {p.returncode}\n{p.stderr}")
