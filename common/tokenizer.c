@@ -226,6 +226,89 @@ static long s_decode_key(const char *key, uint8_t *out, const int16_t *extra) {
     return o;
 }
 
+/* ---- skipping model.merges ------------------------------------------------------------
+ * model.merges (446k pairs) is most of tokenizer.json and is not needed by a rank-based
+ * encoder; turning it into a cJSON tree takes over half of the load time. So before
+ * parsing, a light scan finds the value of "merges" inside "model" and blanks it to []
+ * (this scan only tracks strings and brackets; cJSON still checks the rest of the
+ * file). If anything looks unexpected the buffer is left as it is. */
+
+static const char *s_scan_ws(const char *p, const char *e) {
+    while (p < e && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* End of the JSON string starting at p (at '"'), or NULL. */
+static const char *s_scan_string(const char *p, const char *e) {
+    for (p++; p < e; p++) {
+        if (*p == '\\')
+            p++;
+        else if (*p == '"')
+            return p + 1;
+    }
+    return NULL;
+}
+
+/* End of the JSON value starting at p, or NULL (brackets balanced, strings skipped). */
+static const char *s_scan_value(const char *p, const char *e) {
+    if (p >= e) return NULL;
+    if (*p == '"') return s_scan_string(p, e);
+    if (*p == '[' || *p == '{') {
+        size_t depth = 0;
+        for (; p < e; p++) {
+            if (*p == '"') {
+                p = s_scan_string(p, e);
+                if (!p) return NULL;
+                p--;
+            } else if (*p == '[' || *p == '{') {
+                depth++;
+            } else if (*p == ']' || *p == '}') {
+                if (--depth == 0) return p + 1;
+            }
+        }
+        return NULL;
+    }
+    while (p < e && !strchr(",]} \t\r\n", *p))
+        p++;
+    return p;
+}
+
+/* Finds key (raw, unescaped spelling) in the object at p; returns its value's start. */
+static char *s_scan_member(char *p, const char *e, const char *key) {
+    size_t kl = strlen(key);
+    p = (char *)s_scan_ws(p, e);
+    if (p >= e || *p != '{') return NULL;
+    p++;
+    for (;;) {
+        p = (char *)s_scan_ws(p, e);
+        if (p >= e || *p != '"') return NULL;
+        const char *ke = s_scan_string(p, e);
+        if (!ke) return NULL;
+        bool match = (size_t)(ke - p) == kl + 2 && memcmp(p + 1, key, kl) == 0;
+        p = (char *)s_scan_ws(ke, e);
+        if (p >= e || *p != ':') return NULL;
+        p = (char *)s_scan_ws(p + 1, e);
+        if (match) return p;
+        p = (char *)s_scan_value(p, e);
+        if (!p) return NULL;
+        p = (char *)s_scan_ws(p, e);
+        if (p >= e || *p != ',') return NULL;
+        p++;
+    }
+}
+
+static void s_blank_merges(char *buf, size_t n) {
+    const char *e = buf + n;
+    char *model = s_scan_member(buf, e, "model");
+    char *m = model ? s_scan_member(model, e, "merges") : NULL;
+    if (!m || *m != '[') return;
+    const char *me = s_scan_value(m, e);
+    if (!me) return;
+    m[1] = ']';
+    memset(m + 2, ' ', (size_t)(me - m - 2));
+}
+
 static int s_read_file(const char *path, char **buf, size_t *n, gerr_t *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -539,6 +622,7 @@ int tok_load(const char *path, tokenizer_t **out, gerr_t *err) {
     size_t n = 0;
     int rc = s_read_file(fpath, &buf, &n, err);
     if (rc < 0) return rc;
+    s_blank_merges(buf, n);
     cJSON *root = cJSON_ParseWithLength(buf, n);
     if (!root) {
         const char *ep = cJSON_GetErrorPtr();

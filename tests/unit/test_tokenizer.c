@@ -597,6 +597,25 @@ static void s_test_malformed(void) {
     CHECK(tok_load(path, &t, &err) == 0 && t != NULL); /* the file path works too */
     tok_free(&t);
 
+    /* a merges list (skipped by the loader) with brackets and quotes inside its strings */
+    {
+        const char *mk = "\"vocab\":{";
+        char *at = strstr(good, mk);
+        CHECK(at != NULL);
+        const char *merges = "\"merges\":[[\"a\",\"]\\\"{\"],[\"b\",\"[\"]],";
+        size_t gl0 = strlen(good), ml = strlen(merges), pre = (size_t)(at - good);
+        char *wm = malloc(gl0 + ml + 1);
+        memcpy(wm, good, pre);
+        memcpy(wm + pre, merges, ml);
+        memcpy(wm + pre + ml, at, gl0 - pre + 1);
+        CHECK(s_write(path, wm, strlen(wm)) == 0);
+        err.msg[0] = 0;
+        CHECK_MSG(tok_load(path, &t, &err) == 0 && t && tok_vocab_size(t) == 259, "with merges: %s",
+                  err.msg);
+        tok_free(&t);
+        free(wm);
+    }
+
     /* every truncation of it is refused */
     size_t gl = strlen(good);
     int accepted = 0;
