@@ -668,8 +668,8 @@ void tok_free(tokenizer_t **tp) {
 
 /* Per-call scratch for merging (grown as needed, freed at the end of the call). */
 typedef struct {
-    uint32_t *a, *b, *c, *d; /* plain scan: starts, pair ranks; heap: next, prev, ranks */
-    uint64_t *heap;          /* heap merge: (rank << 32 | position) of candidate pairs */
+    uint32_t *a, *b, *c, *d, *e; /* plain scan: starts, pair ranks; heap: next, prev, ranks */
+    uint64_t *heap;              /* heap merge: (rank << 32 | position) of candidate pairs */
     size_t cap, hcap;
     /* tok_split only: record piece end offsets (from base) instead of merging */
     bool split_only;
@@ -683,6 +683,7 @@ static void s_scratch_free(tok_scratch_t *s) {
     free(s->b);
     free(s->c);
     free(s->d);
+    free(s->e);
     free(s->heap);
     free(s->ends);
     memset(s, 0, sizeof *s);
@@ -693,8 +694,8 @@ static int s_scratch_need(tok_scratch_t *s, size_t n) {
     size_t cap = s->cap ? s->cap : 256;
     while (cap < n + 1)
         cap *= 2;
-    uint32_t **arr[4] = {&s->a, &s->b, &s->c, &s->d};
-    for (int k = 0; k < 4; k++) {
+    uint32_t **arr[5] = {&s->a, &s->b, &s->c, &s->d, &s->e};
+    for (int k = 0; k < 5; k++) {
         uint32_t *q = realloc(*arr[k], cap * sizeof *q);
         if (!q) return GERR_NOMEM; /* the arrays already grown stay valid */
         *arr[k] = q;
@@ -786,15 +787,30 @@ static int s_heap_push(tok_scratch_t *s, size_t *hn, uint64_t x) {
     return GERR_OK;
 }
 
+/* Whether pair i (part i joined with the next part) could be the next merge: it has a
+ * rank, lower than its left neighbour pair's and not above its right neighbour pair's
+ * (on equal ranks the leftmost pair goes first). The lowest (rank, position) of all
+ * pairs always passes this test, so the heap needs only these "local minima". */
+static inline bool s_pair_eligible(const uint32_t *next, const uint32_t *prev,
+                                   const uint32_t *pair_rank, uint32_t end, uint32_t i) {
+    uint32_t r = pair_rank[i];
+    if (r == TOK_NORANK) return false;
+    if (prev[i] != UINT32_MAX && pair_rank[prev[i]] <= r) return false;
+    return next[i] == end || pair_rank[next[i]] >= r;
+}
+
 /* Heap merge: parts form a linked list over byte positions; pair_rank[i] is the rank
- * of part i joined with its right neighbour (TOK_NORANK if none). Candidate pairs wait
- * in a min-heap; an entry whose pair has changed since (pair_rank differs: bytes only
- * grow, so a changed pair has another rank) is skipped when popped. */
+ * of part i joined with its right neighbour (TOK_NORANK if none). Eligible pairs wait
+ * in a min-heap keyed (rank << 32 | position); queued[i] is the rank last pushed for
+ * position i, to avoid pushing the same entry twice. An entry whose pair has changed
+ * since (pair_rank differs: bytes only grow, so a changed pair has another rank) is
+ * skipped when popped. A merge changes the pairs at prev and at the merged part, so
+ * only those and their two outer neighbours can become eligible. */
 static int s_bpe_heap(const tokenizer_t *t, const uint8_t *p, size_t n, tok_scratch_t *s,
                       tok_ids_t *out) {
     if (n >= UINT32_MAX - 1) return GERR_LIMIT;
     if (s_scratch_need(s, n) < 0) return GERR_NOMEM;
-    uint32_t *next = s->a, *prev = s->b, *rank = s->c, *pair_rank = s->d;
+    uint32_t *next = s->a, *prev = s->b, *rank = s->c, *pair_rank = s->d, *queued = s->e;
     const uint32_t end = (uint32_t)n;
     if (s->hcap < n) {
         uint64_t *h = realloc(s->heap, n * sizeof *h);
@@ -807,13 +823,14 @@ static int s_bpe_heap(const tokenizer_t *t, const uint8_t *p, size_t n, tok_scra
         next[i] = (uint32_t)i + 1;
         prev[i] = i ? (uint32_t)i - 1 : UINT32_MAX;
         rank[i] = (uint32_t)t->byte_id[p[i]];
-        pair_rank[i] = TOK_NORANK;
-        if (i + 1 < n) {
-            int32_t r = s_lookup(t, p + i, 2);
-            if (r >= 0) {
-                pair_rank[i] = (uint32_t)r;
-                s->heap[hn++] = (uint64_t)r << 32 | i;
-            }
+        queued[i] = TOK_NORANK;
+        int32_t r = i + 1 < n ? s_lookup(t, p + i, 2) : -1;
+        pair_rank[i] = r < 0 ? TOK_NORANK : (uint32_t)r;
+    }
+    for (uint32_t i = 0; i < end; i++) {
+        if (s_pair_eligible(next, prev, pair_rank, end, i)) {
+            queued[i] = pair_rank[i];
+            s->heap[hn++] = (uint64_t)pair_rank[i] << 32 | i;
         }
     }
     for (size_t i = hn / 4 + 1; i-- > 0;) /* heapify: every parent, bottom up */
@@ -830,19 +847,23 @@ static int s_bpe_heap(const tokenizer_t *t, const uint8_t *p, size_t n, tok_scra
         pair_rank[j] = TOK_NORANK;
         next[i] = next[j];
         if (next[j] != end) prev[next[j]] = i;
-        if (prev[i] != UINT32_MAX) {
-            uint32_t h = prev[i];
+        uint32_t h = prev[i];
+        if (h != UINT32_MAX) {
             int32_t q = s_lookup(t, p + h, next[i] - h);
             pair_rank[h] = q < 0 ? TOK_NORANK : (uint32_t)q;
-            if (q >= 0 && s_heap_push(s, &hn, (uint64_t)q << 32 | h) < 0) return GERR_NOMEM;
         }
         pair_rank[i] = TOK_NORANK;
         if (next[i] != end) {
             int32_t q = s_lookup(t, p + i, next[next[i]] - i);
-            if (q >= 0) {
-                pair_rank[i] = (uint32_t)q;
-                if (s_heap_push(s, &hn, (uint64_t)q << 32 | i) < 0) return GERR_NOMEM;
-            }
+            pair_rank[i] = q < 0 ? TOK_NORANK : (uint32_t)q;
+        }
+        uint32_t cand[4] = {h != UINT32_MAX ? prev[h] : UINT32_MAX, h, i, next[i]};
+        for (int k = 0; k < 4; k++) {
+            uint32_t c = cand[k];
+            if (c == UINT32_MAX || c == end || queued[c] == pair_rank[c]) continue;
+            if (!s_pair_eligible(next, prev, pair_rank, end, c)) continue;
+            queued[c] = pair_rank[c];
+            if (s_heap_push(s, &hn, (uint64_t)pair_rank[c] << 32 | c) < 0) return GERR_NOMEM;
         }
     }
     for (uint32_t i = 0; i != end; i = next[i])
