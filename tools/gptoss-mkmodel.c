@@ -6,10 +6,20 @@
  *   gptoss-mkmodel --out DIR --preset tiny|20b|120b [--layers N] [--hidden N]
  *                  [--intermediate N] [--experts N] [--top-k N] [--heads N]
  *                  [--kv-heads N] [--head-dim N] [--vocab N] [--sliding-window N]
- *                  [--shards N] [--seed S] [--tokenizer DIR] [--sparse]
+ *                  [--shards N] [--seed S] [--tokenizer DIR [--script TEXT]]
+ *                  [--sparse]
  *
  * --sparse writes the headers but leaves the data as holes (all zero bytes, no
  * disk used): for tests of shapes and loading at full size, not for inference.
+ *
+ * --script TEXT (needs --tokenizer) writes a "scripted model" (DESIGN.md,
+ * Testing): every o_proj and expert down projection is zero (weights and
+ * biases), so the last hidden state is the current token's embedding; the final
+ * norm weight is 1; lm_head row b is K * unit(embed[a]) for each step a -> b of
+ * the script, where the script is "assistant" followed by the tokens of TEXT
+ * (special tokens such as <|channel|> parsed). Greedy decoding after a prompt
+ * ending in <|start|>assistant then emits exactly TEXT, with logit margins near
+ * K * sqrt(hidden). Each token of the script may have only one successor.
  * Weights are a pure function of (seed, tensor name), so the same seed gives the
  * same tensors whatever the shard count. Tensors are generated and written in
  * 1 MiB chunks, so the 120b shape (~65 GB) needs little memory. Values are
@@ -31,6 +41,18 @@
 
 #include "bf16.h"
 #include "mxfp4.h"
+#include "tokenizer.h"
+
+#define S_SCRIPT_K 3.0 /* lm_head row norm of a scripted step */
+
+/* A scripted model's transitions a -> b, sorted by a. */
+typedef struct {
+    int n;
+    int32_t *from, *to;
+    float *unit; /* [n][hidden]: unit(embed[from[i]]) */
+} s_script_t;
+
+static s_script_t s_script;
 
 typedef struct {
     int hidden, intermediate, layers, heads, kv_heads, head_dim, experts, top_k, vocab, window;
@@ -46,9 +68,12 @@ typedef enum {
     S_KIND_MXFP4_SCALES
 } s_kind_t;
 
+typedef enum { S_FILL_RANDOM = 0, S_FILL_ZERO, S_FILL_ONES, S_FILL_SCRIPT_HEAD } s_fill_t;
+
 typedef struct {
     char name[128];
-    int bf16; /* 1: BF16, 0: U8 */
+    s_fill_t fill; /* how the data is made (random unless scripted) */
+    int bf16;      /* 1: BF16, 0: U8 */
     int ndim;
     int64_t shape[4];
     uint64_t nbytes;
@@ -79,7 +104,7 @@ static int s_usage(void) {
             "usage: gptoss-mkmodel --out DIR --preset tiny|20b|120b [--layers N] [--hidden N]\n"
             "       [--intermediate N] [--experts N] [--top-k N] [--heads N] [--kv-heads N]\n"
             "       [--head-dim N] [--vocab N] [--sliding-window N] [--shards N] [--seed S]\n"
-            "       [--tokenizer DIR] [--sparse]\n");
+            "       [--tokenizer DIR [--script TEXT]] [--sparse]\n");
     return 2;
 }
 
@@ -233,6 +258,118 @@ static void s_generate(const s_tensor_t *t, uint64_t *rng, uint8_t *buf, size_t 
     }
 }
 
+/* Bytes [done, done+len) of a scripted model's fixed tensors. */
+static void s_fill_special(const s_tensor_t *t, uint64_t done, uint8_t *buf, size_t len) {
+    memset(buf, 0, len);
+    if (t->fill == S_FILL_ONES) {
+        for (size_t i = 0; i + 1 < len; i += 2) {
+            buf[i] = 0x80; /* bf16 1.0 = 0x3f80, little-endian */
+            buf[i + 1] = 0x3f;
+        }
+    } else if (t->fill == S_FILL_SCRIPT_HEAD) {
+        uint64_t H = (uint64_t)t->shape[1], row_bytes = 2 * H;
+        for (int k = 0; k < s_script.n; k++) {
+            uint64_t b0 = (uint64_t)s_script.to[k] * row_bytes, b1 = b0 + row_bytes;
+            for (uint64_t b = b0 > done ? b0 : done; b < b1 && b < done + len; b += 2) {
+                uint64_t e = (b - b0) / 2;
+                uint16_t h = f32_to_bf16((float)(S_SCRIPT_K * s_script.unit[(size_t)k * H + e]));
+                buf[b - done] = (uint8_t)(h & 0xff);
+                buf[b - done + 1] = (uint8_t)(h >> 8);
+            }
+        }
+    }
+}
+
+/* Builds the transitions of TEXT and the unit embeddings of their sources. */
+static int s_script_build(const char *text, const char *tokdir, s_tensor_t *t, size_t n,
+                          uint64_t seed) {
+    tokenizer_t *tok = NULL;
+    gerr_t err = {{0}};
+    if (tok_load(tokdir, &tok, &err) != 0) {
+        fprintf(stderr, "gptoss-mkmodel: --script: %s\n", err.msg);
+        return -1;
+    }
+    tok_ids_t ids = {0}, a = {0};
+    int rc = tok_encode(tok, "assistant", 9, &a) || a.len != 1 ||
+                     tok_encode_special(tok, text, strlen(text), &ids) || ids.len == 0
+                 ? -1
+                 : 0;
+    tok_free(&tok);
+    if (rc) {
+        fprintf(stderr, "gptoss-mkmodel: --script: cannot tokenize the script\n");
+        tok_ids_free(&ids);
+        tok_ids_free(&a);
+        return -1;
+    }
+    const s_tensor_t *embed = NULL;
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(t[i].name, "model.embed_tokens.weight") == 0) embed = &t[i];
+    int64_t V = embed->shape[0], H = embed->shape[1];
+    s_script.from = malloc(ids.len * sizeof(int32_t));
+    s_script.to = malloc(ids.len * sizeof(int32_t));
+    s_script.unit = calloc(ids.len * (size_t)H, sizeof(float));
+    if (!s_script.from || !s_script.to || !s_script.unit) rc = -1;
+    for (size_t i = 0; rc == 0 && i < ids.len; i++) {
+        int32_t from = i ? ids.ids[i - 1] : a.ids[0], to = ids.ids[i];
+        if (from >= V || to >= V) {
+            fprintf(stderr, "gptoss-mkmodel: --script: token %d is outside the vocabulary\n",
+                    from >= V ? from : to);
+            rc = -1;
+            break;
+        }
+        int dup = 0;
+        for (int k = 0; k < s_script.n; k++) {
+            if (s_script.from[k] != from) continue;
+            if (s_script.to[k] != to) {
+                fprintf(stderr,
+                        "gptoss-mkmodel: --script: token %d is followed by both %d and %d; each "
+                        "token of a script may have only one successor\n",
+                        from, s_script.to[k], to);
+                rc = -1;
+            }
+            dup = 1;
+        }
+        if (!dup && rc == 0) {
+            s_script.from[s_script.n] = from;
+            s_script.to[s_script.n++] = to;
+        }
+    }
+    tok_ids_free(&ids);
+    tok_ids_free(&a);
+    if (rc) return rc;
+    /* replay the embedding's random stream row by row to get the source rows */
+    uint64_t rng = s_hash_name(embed->name, seed);
+    uint8_t *row = malloc((size_t)H * 2);
+    if (!row) return -1;
+    for (int64_t r = 0; r < V; r++) {
+        s_generate(embed, &rng, row, (size_t)H * 2);
+        for (int k = 0; k < s_script.n; k++) {
+            if (s_script.from[k] != r) continue;
+            double nn = 0;
+            float *u = s_script.unit + (size_t)k * (size_t)H;
+            for (int64_t e = 0; e < H; e++) {
+                u[e] = bf16_to_f32((uint16_t)(row[2 * e] | (row[2 * e + 1] << 8)));
+                nn += (double)u[e] * u[e];
+            }
+            for (int64_t e = 0; e < H; e++)
+                u[e] = (float)(u[e] / sqrt(nn));
+        }
+    }
+    free(row);
+    /* the fixed tensors */
+    for (size_t i = 0; i < n; i++) {
+        const char *nm = t[i].name;
+        if (strstr(nm, "self_attn.o_proj.") || strstr(nm, "mlp.experts.down_proj_blocks") ||
+            strstr(nm, "mlp.experts.down_proj_bias"))
+            t[i].fill = S_FILL_ZERO;
+        else if (strcmp(nm, "model.norm.weight") == 0)
+            t[i].fill = S_FILL_ONES;
+        else if (strcmp(nm, "lm_head.weight") == 0)
+            t[i].fill = S_FILL_SCRIPT_HEAD;
+    }
+    return 0;
+}
+
 static int s_write_all(FILE *f, const void *p, size_t n, const char *path) {
     if (fwrite(p, 1, n, f) != n) {
         fprintf(stderr, "gptoss-mkmodel: write to %s failed: %s\n", path, strerror(errno));
@@ -289,7 +426,10 @@ static int s_write_file(const char *path, s_tensor_t *t, size_t n, int file, uin
         uint64_t rng = s_hash_name(t[i].name, seed);
         for (uint64_t done = 0; rc == 0 && done < t[i].nbytes; done += chunk) {
             size_t len = t[i].nbytes - done < chunk ? (size_t)(t[i].nbytes - done) : chunk;
-            s_generate(&t[i], &rng, buf, len);
+            if (t[i].fill == S_FILL_RANDOM)
+                s_generate(&t[i], &rng, buf, len);
+            else
+                s_fill_special(&t[i], done, buf, len);
             rc = s_write_all(f, buf, len, path);
         }
     }
@@ -388,7 +528,7 @@ static int s_write_config(const char *dir, const s_shape_t *s) {
 }
 
 int main(int argc, char **argv) {
-    const char *out = NULL, *preset = NULL, *tokdir = NULL;
+    const char *out = NULL, *preset = NULL, *tokdir = NULL, *script = NULL;
     int shards = 1, sparse = 0;
     uint64_t seed = 0;
     s_shape_t s;
@@ -428,6 +568,8 @@ int main(int argc, char **argv) {
             preset = v;
         else if (strcmp(a, "--tokenizer") == 0)
             tokdir = v;
+        else if (strcmp(a, "--script") == 0)
+            script = v;
         else if (strcmp(a, "--shards") == 0) {
             if (s_parse_int(v, 1, 99999, &shards)) {
                 fprintf(stderr, "gptoss-mkmodel: --shards must be 1..99999\n");
@@ -493,6 +635,17 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < n; i++)
         t[i].file = (int)((uint64_t)i * (uint64_t)shards / n);
+    if (script) {
+        if (!tokdir) {
+            fprintf(stderr, "gptoss-mkmodel: --script needs --tokenizer DIR\n");
+            free(t);
+            return 2;
+        }
+        if (s_script_build(script, tokdir, t, n, seed) != 0) {
+            free(t);
+            return 2;
+        }
+    }
 
     if (mkdir(out, 0755) != 0 && errno != EEXIST) {
         fprintf(stderr, "gptoss-mkmodel: cannot create %s: %s\n", out, strerror(errno));
@@ -543,6 +696,9 @@ int main(int argc, char **argv) {
         if (rc == 0 && s_copy_file(from, to) == -2) rc = -1; /* optional file; absent is fine */
     }
     free(t);
+    free(s_script.from);
+    free(s_script.to);
+    free(s_script.unit);
     if (rc != 0) return 1;
     fprintf(stderr, "gptoss-mkmodel: wrote %s: %zu tensors, %llu bytes in %d file%s\n", out, n,
             (unsigned long long)total, shards, shards > 1 ? "s" : "");
