@@ -50,10 +50,34 @@ typedef struct {
     uint64_t sums[64];
 } s_bw_t;
 
+#if defined(__x86_64__)
+/* Sums words [lo, hi) with 256-bit loads (4 independent accumulators). */
+__attribute__((target("avx2"))) static uint64_t s_sum_avx2(const uint64_t *p, size_t lo,
+                                                           size_t hi) {
+    __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = lo; i + 16 <= hi; i += 16) {
+        a0 = _mm256_add_epi64(a0, _mm256_loadu_si256((const __m256i *)(p + i)));
+        a1 = _mm256_add_epi64(a1, _mm256_loadu_si256((const __m256i *)(p + i + 4)));
+        a2 = _mm256_add_epi64(a2, _mm256_loadu_si256((const __m256i *)(p + i + 8)));
+        a3 = _mm256_add_epi64(a3, _mm256_loadu_si256((const __m256i *)(p + i + 12)));
+    }
+    a0 = _mm256_add_epi64(_mm256_add_epi64(a0, a1), _mm256_add_epi64(a2, a3));
+    uint64_t out[4];
+    _mm256_storeu_si256((__m256i *)out, a0);
+    return out[0] + out[1] + out[2] + out[3];
+}
+#endif
+
 static void s_bw_task(void *arg, int task, int thread) {
     (void)thread;
     s_bw_t *b = arg;
     size_t per = b->n / (size_t)b->parts, lo = per * (size_t)task, hi = lo + per;
+#if defined(__x86_64__)
+    if (__builtin_cpu_supports("avx2")) {
+        b->sums[task % 64] = s_sum_avx2(b->buf, lo, hi);
+        return;
+    }
+#endif
     uint64_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
     for (size_t i = lo; i < hi; i += 8) {
         a0 += b->buf[i], a1 += b->buf[i + 1], a2 += b->buf[i + 2], a3 += b->buf[i + 3];
@@ -82,7 +106,7 @@ static double s_bandwidth(cpu_pool_t *pool) {
 
 /* ---- FMA peak -------------------------------------------------------------- */
 
-#define S_FMA_ITERS 20000000L
+#define S_FMA_ITERS 10000000L
 
 typedef struct {
     int width; /* 8 (AVX2) or 16 (AVX-512) */
@@ -91,31 +115,43 @@ typedef struct {
 
 #if defined(__x86_64__)
 __attribute__((target("avx2,fma"))) static float s_fma_avx2(long iters) {
-    __m256 a[10], m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
-    for (int i = 0; i < 10; i++)
-        a[i] = _mm256_set1_ps((float)i);
-    for (long it = 0; it < iters; it++)
-        for (int i = 0; i < 10; i++)
-            a[i] = _mm256_fmadd_ps(a[i], m, c);
-    __m256 s = a[0];
-    for (int i = 1; i < 10; i++)
-        s = _mm256_add_ps(s, a[i]);
+    /* ten independent chains in named registers (an array may live in memory) */
+    __m256 m = _mm256_set1_ps(0.999999f), c = _mm256_set1_ps(1e-7f);
+    __m256 a0 = _mm256_set1_ps(0.f), a1 = _mm256_set1_ps(1.f), a2 = _mm256_set1_ps(2.f);
+    __m256 a3 = _mm256_set1_ps(3.f), a4 = _mm256_set1_ps(4.f), a5 = _mm256_set1_ps(5.f);
+    __m256 a6 = _mm256_set1_ps(6.f), a7 = _mm256_set1_ps(7.f), a8 = _mm256_set1_ps(8.f);
+    __m256 a9 = _mm256_set1_ps(9.f);
+    for (long it = 0; it < iters; it++) {
+        a0 = _mm256_fmadd_ps(a0, m, c), a1 = _mm256_fmadd_ps(a1, m, c);
+        a2 = _mm256_fmadd_ps(a2, m, c), a3 = _mm256_fmadd_ps(a3, m, c);
+        a4 = _mm256_fmadd_ps(a4, m, c), a5 = _mm256_fmadd_ps(a5, m, c);
+        a6 = _mm256_fmadd_ps(a6, m, c), a7 = _mm256_fmadd_ps(a7, m, c);
+        a8 = _mm256_fmadd_ps(a8, m, c), a9 = _mm256_fmadd_ps(a9, m, c);
+    }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(a4, a5), _mm256_add_ps(a6, a7)));
+    s = _mm256_add_ps(s, _mm256_add_ps(a8, a9));
     float out[8];
     _mm256_storeu_ps(out, s);
     return out[0];
 }
 
 __attribute__((target("avx512f"))) static float s_fma_avx512(long iters) {
-    __m512 a[12], m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-    for (int i = 0; i < 12; i++)
-        a[i] = _mm512_set1_ps((float)i);
-    for (long it = 0; it < iters; it++)
-        for (int i = 0; i < 12; i++)
-            a[i] = _mm512_fmadd_ps(a[i], m, c);
-    __m512 s = a[0];
-    for (int i = 1; i < 12; i++)
-        s = _mm512_add_ps(s, a[i]);
-    return _mm512_reduce_add_ps(s);
+    __m512 m = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
+    __m512 a0 = _mm512_set1_ps(0.f), a1 = _mm512_set1_ps(1.f), a2 = _mm512_set1_ps(2.f);
+    __m512 a3 = _mm512_set1_ps(3.f), a4 = _mm512_set1_ps(4.f), a5 = _mm512_set1_ps(5.f);
+    __m512 a6 = _mm512_set1_ps(6.f), a7 = _mm512_set1_ps(7.f), a8 = _mm512_set1_ps(8.f);
+    __m512 a9 = _mm512_set1_ps(9.f);
+    for (long it = 0; it < iters; it++) {
+        a0 = _mm512_fmadd_ps(a0, m, c), a1 = _mm512_fmadd_ps(a1, m, c);
+        a2 = _mm512_fmadd_ps(a2, m, c), a3 = _mm512_fmadd_ps(a3, m, c);
+        a4 = _mm512_fmadd_ps(a4, m, c), a5 = _mm512_fmadd_ps(a5, m, c);
+        a6 = _mm512_fmadd_ps(a6, m, c), a7 = _mm512_fmadd_ps(a7, m, c);
+        a8 = _mm512_fmadd_ps(a8, m, c), a9 = _mm512_fmadd_ps(a9, m, c);
+    }
+    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
+                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
+    return _mm512_reduce_add_ps(_mm512_add_ps(s, _mm512_add_ps(a8, a9)));
 }
 #endif
 
@@ -140,11 +176,16 @@ static double s_fma_peak(cpu_pool_t *pool, int *width) {
     *width = f.width;
     if (!f.width) return 0;
     int n = cpu_pool_size(pool);
-    int lanes = f.width == 16 ? 12 : 10;
-    double t = s_now();
-    cpu_pool_run(pool, n, s_fma_task, &f);
-    t = s_now() - t;
-    return (double)n * S_FMA_ITERS * lanes * f.width * 2 / t;
+    int lanes = 10;
+    double best = 0;
+    for (int r = 0; r < 3; r++) { /* best of 3: the machine may be shared */
+        double t = s_now();
+        cpu_pool_run(pool, n, s_fma_task, &f);
+        t = s_now() - t;
+        double fl = (double)n * S_FMA_ITERS * lanes * f.width * 2 / t;
+        if (fl > best) best = fl;
+    }
+    return best;
 #else
     (void)pool;
     *width = 0;
@@ -306,6 +347,12 @@ int bench_engine_main(int argc, char **argv) {
         else
             printf("decode batch %d: %.2f tok/s (%.1f ms/step)\n", B, tps, med * 1e3);
     }
+    pool = cpu_pool_new(n_threads);
+    double bw2 = s_bandwidth(pool), peak2 = s_fma_peak(pool, &width);
+    cpu_pool_free(&pool);
+    printf("machine again after the runs: memory read %.1f GB/s, FMA peak %.1f GFLOP/s (ratios "
+           "above use the first measurement; the spread shows how shared the machine was)\n",
+           bw2 / 1e9, peak2 / 1e9);
     for (int i = 0; i < 16; i++)
         free(toks[i]);
     free(logits);
