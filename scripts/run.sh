@@ -12,6 +12,7 @@ model=${MODEL:-}
 if [ -z "$model" ]; then
   model=out/tiny
   if [ ! -f "$model/config.json" ]; then
+    mkdir -p out
     ./build/gptoss-mkmodel --out "$model" --preset tiny --seed 1 --tokenizer build/fixtures/tokenizer
   fi
 fi
