@@ -16,6 +16,7 @@ if [ -z "$model" ]; then
     ./build/gptoss-mkmodel --out "$model" --preset tiny --seed 1 --tokenizer build/fixtures/tokenizer
   fi
 fi
+[ -n "${MODEL:-}" ] || echo "run.sh: no MODEL given: using $model, a generated tiny gpt-oss (real tokenizer, random weights: the text below is gibberish by design)"
 ./build/gptoss-inspect "$model" --quiet
 ./build/gptoss-run --model "$model" --chat "${PROMPT:-What is the capital of France?}" \
   --max-tokens "${MAX_TOKENS:-32}" --temperature 0
