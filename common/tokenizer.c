@@ -1,18 +1,19 @@
 /* tokenizer: loading tokenizer.json and encoding/decoding with o200k_harmony.
  *
- * Load: cJSON parses the file once; model.vocab keys (GPT-2 byte-to-unicode strings)
- * are turned back into raw bytes and stored in one slab, indexed by id (= rank) and
- * by an open-addressing hash table (bytes -> rank). added_tokens give the specials.
- * The pre-tokenizer regex is read from the file and compiled with PCRE2 (UTF, UCP,
- * JIT) after rewriting \s and \S into explicit classes of the Unicode White_Space
- * property, because PCRE2's own \s differs from it (U+0085 is White_Space, U+FEFF
- * is not); the rest of the pattern is used as written.
+ * Load: cJSON parses the file once (model.merges, unused here, is blanked before
+ * parsing); model.vocab keys (GPT-2 byte-to-unicode strings) are turned back into raw
+ * bytes and stored in one slab, indexed by id (= rank) and by an open-addressing hash
+ * table (bytes -> rank). added_tokens give the specials. The pre-tokenizer regex is
+ * read from the file and compiled with PCRE2 (UTF, UCP, JIT) after rewriting \s and
+ * \S into explicit classes of the Unicode White_Space property, as tiktoken's regex
+ * engine has it: PCRE2's own \s depends on its version (10.42 matches U+180E, which
+ * is not White_Space). The rest of the pattern is used as written.
  *
  * Encode: the text is cut into maximal valid UTF-8 runs (a stray invalid byte
  * becomes its own piece, so any byte string encodes and round-trips); each run is
  * split into regex pieces; each piece is looked up whole, else BPE-merged by lowest
- * rank (leftmost on ties): a plain scan for short pieces, a binary heap over a linked
- * list for long ones, so a megabyte without spaces costs O(n log n), not O(n^2).
+ * rank (leftmost on ties): a plain scan for short pieces, a heap over a linked list
+ * for long ones, so a megabyte without spaces costs O(n log n), not O(n^2).
  *
  * This is not a general Hugging Face tokenizer: only a byte-level BPE whose ids equal
  * their merge ranks (tiktoken style) is supported; merges, normalizers and
