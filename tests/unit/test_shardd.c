@@ -1,0 +1,601 @@
+/* test_shardd: a real gptoss-shardd process driven over its real socket.
+ *
+ * The test plays the gateway: it binds a ROUTER on ipc:///tmp/<unique>, starts
+ * $GPTOSS_BIN/gptoss-shardd with fork/exec (PR_SET_PDEATHSIG, so a crashed test leaves no
+ * shard behind) and speaks PROTOCOL.md to it: HELLO, LOAD of tests/fixtures/tiny-a, a
+ * greedy prefill of a tiny-a case and 15 decode steps fed back, whose tokens must equal the
+ * case's greedy_continuation in expected.json. Also: heartbeats on the "-hb" identity,
+ * garbage (bad magic, truncated STEP, out-of-range slot, bad blocks, wrong rank) dropped or
+ * refused while the shard keeps working, LOAD errors (missing folder, world 2) with exit
+ * status 2, exit status 3 when the gateway goes silent, SHUTDOWN and SIGTERM -> 0.
+ * Every receive has a deadline; every child is reaped, and killed if the test fails. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#include "proto.h"
+#include "tcheck.h"
+
+#define S_MAX_CHILDREN 16
+
+static pid_t s_children[S_MAX_CHILDREN];
+static int s_n_children;
+static void *s_ctx;
+static char s_endpoint[128];
+
+static long long s_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void s_forget(pid_t pid) {
+    for (int i = 0; i < s_n_children; i++)
+        if (s_children[i] == pid) s_children[i] = s_children[--s_n_children];
+}
+
+/* Kills and reaps every child still running (end of test or failure path). */
+static void s_kill_all(void) {
+    while (s_n_children > 0) {
+        pid_t pid = s_children[--s_n_children];
+        kill(pid, SIGKILL);
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+    }
+}
+
+/* Starts gptoss-shardd with extra arguments (NULL-terminated). Returns the pid or -1. */
+static pid_t s_spawn(const char *const *extra) {
+    char bin[1024];
+    snprintf(bin, sizeof bin, "%s/gptoss-shardd", tcheck_bindir());
+    const char *argv[32] = {bin, "--endpoint", s_endpoint};
+    int n = 3;
+    for (int i = 0; extra[i] && n < 30; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        perror("fork");
+        return -1;
+    }
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
+        execv(bin, (char *const *)argv);
+        fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+        _exit(127);
+    }
+    if (s_n_children < S_MAX_CHILDREN) s_children[s_n_children++] = pid;
+    return pid;
+}
+
+/* Waits up to timeout_ms for pid to exit; returns its exit status, 128+signal, or -1 on
+ * timeout (the child is then still running and still tracked). */
+static int s_wait_exit(pid_t pid, int timeout_ms) {
+    long long end = s_now_ms() + timeout_ms;
+    for (;;) {
+        int st;
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) {
+            s_forget(pid);
+            return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        }
+        if (r < 0 && errno != EINTR) return -1;
+        if (s_now_ms() > end) return -1;
+        usleep(10 * 1000);
+    }
+}
+
+/* A message received by the test's ROUTER. */
+typedef struct {
+    char id[64];
+    bool hdr_ok;
+    proto_header_t h;
+    uint8_t *body; /* malloc'd copy (NUL-terminated), caller frees */
+    size_t len;
+} s_in_t;
+
+static void s_in_free(s_in_t *in) {
+    free(in->body);
+    in->body = NULL;
+}
+
+/* Sends [id][header][body]. */
+static int s_send(void *r, const char *id, uint8_t cmd, uint32_t rank, uint64_t seq,
+                  const void *body, size_t len) {
+    uint8_t hdr[PROTO_HEADER_SIZE];
+    proto_header_encode(&(proto_header_t){.cmd = cmd, .rank = rank, .seq = seq}, hdr);
+    if (zmq_send(r, id, strlen(id), ZMQ_SNDMORE) < 0 ||
+        zmq_send(r, hdr, sizeof hdr, ZMQ_SNDMORE) < 0 || zmq_send(r, body, len, 0) < 0) {
+        if (zmq_errno() == EHOSTUNREACH) return -1; /* not connected (yet, or any more) */
+        fprintf(stderr, "test: send to %s failed: %s\n", id, zmq_strerror(zmq_errno()));
+        return -1;
+    }
+    return 0;
+}
+
+/* Sends raw frames [id][f0][f1] (for garbage). */
+static int s_send_raw(void *r, const char *id, const void *f0, size_t l0, const void *f1,
+                      size_t l1) {
+    if (zmq_send(r, id, strlen(id), ZMQ_SNDMORE) < 0 || zmq_send(r, f0, l0, ZMQ_SNDMORE) < 0 ||
+        zmq_send(r, f1, l1, 0) < 0)
+        return -1;
+    return 0;
+}
+
+/* Receives one message within timeout_ms. Returns 1, 0 on timeout, -1 on error. */
+static int s_recv(void *r, int timeout_ms, s_in_t *in) {
+    memset(in, 0, sizeof *in);
+    zmq_pollitem_t it = {.socket = r, .events = ZMQ_POLLIN};
+    int rc = zmq_poll(&it, 1, timeout_ms);
+    if (rc <= 0) return rc;
+    zmq_msg_t f[3];
+    int n = 0;
+    bool more = true;
+    while (more) {
+        zmq_msg_t tmp, *m = n < 3 ? &f[n] : &tmp;
+        zmq_msg_init(m);
+        if (zmq_msg_recv(m, r, 0) < 0) {
+            zmq_msg_close(m);
+            for (int i = 0; i < n && i < 3; i++)
+                zmq_msg_close(&f[i]);
+            return -1;
+        }
+        more = zmq_msg_more(m);
+        if (m == &tmp) zmq_msg_close(&tmp);
+        n++;
+    }
+    size_t il = zmq_msg_size(&f[0]) < sizeof in->id - 1 ? zmq_msg_size(&f[0]) : sizeof in->id - 1;
+    memcpy(in->id, zmq_msg_data(&f[0]), il);
+    if (n >= 2) {
+        gerr_t err;
+        in->hdr_ok =
+            proto_header_decode(zmq_msg_data(&f[1]), zmq_msg_size(&f[1]), &in->h, &err) == 0;
+    }
+    if (n == 3) {
+        in->len = zmq_msg_size(&f[2]);
+        in->body = malloc(in->len + 1);
+        if (in->body) {
+            memcpy(in->body, zmq_msg_data(&f[2]), in->len);
+            in->body[in->len] = 0;
+        }
+    }
+    for (int i = 0; i < n && i < 3; i++)
+        zmq_msg_close(&f[i]);
+    return 1;
+}
+
+static int s_hb_seen; /* heartbeats received from "shard-0-hb" */
+
+/* Waits for a message from `from` (heartbeats from the -hb identity are counted and
+ * skipped), sending a gateway heartbeat to `from` every 250 ms while waiting. Returns 1
+ * with *in filled, or 0 on timeout (in->body NULL). */
+static int s_expect(void *r, const char *from, int timeout_ms, s_in_t *in) {
+    long long end = s_now_ms() + timeout_ms, next_beat = 0;
+    for (;;) {
+        long long now = s_now_ms();
+        if (now >= end) return 0;
+        if (now >= next_beat) {
+            s_send(r, from, PROTO_HEARTBEAT, 0, 0, "", 0);
+            next_beat = now + 250;
+        }
+        int rc = s_recv(r, (int)(next_beat - now), in);
+        if (rc < 0) return 0;
+        if (rc == 0) continue;
+        size_t fl = strlen(from);
+        if (strncmp(in->id, from, fl) == 0 && strcmp(in->id + fl, "-hb") == 0) {
+            CHECK(in->hdr_ok && in->h.cmd == PROTO_HEARTBEAT && in->len == 0);
+            s_hb_seen++;
+            s_in_free(in);
+            continue;
+        }
+        if (strcmp(in->id, from) == 0) {
+            if (in->hdr_ok && in->h.cmd == PROTO_HEARTBEAT) { /* "any message counts" */
+                s_in_free(in);
+                continue;
+            }
+            return 1;
+        }
+        fprintf(stderr, "test: unexpected message from '%s'\n", in->id);
+        s_in_free(in);
+    }
+}
+
+/* Expects command cmd (and seq) from `from`; returns the parsed JSON body for JSON replies
+ * (caller deletes) or NULL. *ok says whether the expected message came. */
+static cJSON *s_expect_cmd(void *r, const char *from, uint8_t cmd, uint64_t seq, bool *ok,
+                           s_in_t *keep) {
+    s_in_t in;
+    *ok = false;
+    if (!s_expect(r, from, 20000, &in)) {
+        fprintf(stderr, "test: no %s from %s within 20 s\n", proto_cmd_name(cmd), from);
+        return NULL;
+    }
+    *ok = in.hdr_ok && in.h.cmd == cmd && in.h.seq == seq;
+    if (!*ok)
+        fprintf(stderr, "test: expected %s seq %llu, got %s seq %llu: %s\n", proto_cmd_name(cmd),
+                (unsigned long long)seq, in.hdr_ok ? proto_cmd_name(in.h.cmd) : "bad header",
+                (unsigned long long)in.h.seq, in.body ? (const char *)in.body : "");
+    cJSON *j = NULL;
+    if (cmd != PROTO_RESULT && in.body) j = cJSON_ParseWithLength((const char *)in.body, in.len);
+    if (keep)
+        *keep = in;
+    else
+        s_in_free(&in);
+    return j;
+}
+
+static void *s_router(void) {
+    void *r = zmq_socket(s_ctx, ZMQ_ROUTER);
+    int linger = 0, one = 1;
+    if (!r || zmq_setsockopt(r, ZMQ_LINGER, &linger, sizeof linger) ||
+        zmq_setsockopt(r, ZMQ_ROUTER_MANDATORY, &one, sizeof one) || zmq_bind(r, s_endpoint)) {
+        fprintf(stderr, "test: cannot bind %s: %s\n", s_endpoint, zmq_strerror(zmq_errno()));
+        if (r) zmq_close(r);
+        return NULL;
+    }
+    return r;
+}
+
+static char *s_load_json(const char *model, int block_size, int n_full, int n_win) {
+    char *buf = malloc(2048);
+    if (!buf) return NULL;
+    snprintf(buf, 2048,
+             "{\"model\":\"%s\",\"kv_dtype\":\"f32\",\"block_size\":%d,\"kv_full_blocks\":%d,"
+             "\"kv_window_blocks\":%d,\"max_seqs\":4,\"max_chunk\":64,\"threads\":2,"
+             "\"comm\":\"single\",\"comm_name\":\"/gptoss-test\",\"vocab_limit\":512}",
+             model, block_size, n_full, n_win);
+    return buf;
+}
+
+static int s_json_int(const cJSON *o, const char *k) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(it) ? it->valueint : -12345;
+}
+
+/* Reads a tiny-a case from expected.json: input ids and greedy continuation (malloc'd). */
+static int s_read_case(int which, int32_t **ids, int *n_ids, int32_t **cont, int *n_cont) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tiny-a/expected.json", tcheck_fixtures());
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *txt = malloc((size_t)sz + 1);
+    size_t got = txt ? fread(txt, 1, (size_t)sz, f) : 0;
+    fclose(f);
+    if (!txt || got != (size_t)sz) {
+        free(txt);
+        return -1;
+    }
+    cJSON *root = cJSON_ParseWithLength(txt, (size_t)sz);
+    free(txt);
+    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(root, "cases"), which);
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(c, "input_ids");
+    const cJSON *g = cJSON_GetObjectItemCaseSensitive(c, "greedy_continuation");
+    if (!cJSON_IsArray(a) || !cJSON_IsArray(g)) {
+        cJSON_Delete(root);
+        return -1;
+    }
+    *n_ids = cJSON_GetArraySize(a);
+    *n_cont = cJSON_GetArraySize(g);
+    *ids = malloc(sizeof(int32_t) * (size_t)*n_ids);
+    *cont = malloc(sizeof(int32_t) * (size_t)*n_cont);
+    for (int i = 0; i < *n_ids; i++)
+        (*ids)[i] = cJSON_GetArrayItem(a, i)->valueint;
+    for (int i = 0; i < *n_cont; i++)
+        (*cont)[i] = cJSON_GetArrayItem(g, i)->valueint;
+    cJSON_Delete(root);
+    return 0;
+}
+
+/* One greedy sequence of a step (slot 0), block tables for positions [0, end). */
+static proto_seq_t s_seq(const int32_t *tok, int n, int start, int bs, int32_t *full, int32_t *win,
+                         uint32_t flags) {
+    int end = start + n, need = (end + bs - 1) / bs;
+    for (int b = 0; b < need; b++) {
+        full[b] = b;
+        /* window blocks wholly older than the window of the first query are released */
+        win[b] = (b + 1) * bs <= start - 8 + 1 ? -1 : b;
+    }
+    return (proto_seq_t){.slot = 0,
+                         .n_tokens = (uint32_t)n,
+                         .start_pos = (uint32_t)start,
+                         .prompt_len = 13,
+                         .n_full = (uint32_t)need,
+                         .n_window = (uint32_t)need,
+                         .flags = flags,
+                         .temperature = 0.0f,
+                         .top_p = 1.0f,
+                         .top_k = 0,
+                         .repetition_penalty = 1.0f,
+                         .seed = 42,
+                         .n_logprobs = 3,
+                         .tokens = tok,
+                         .full = full,
+                         .window = win};
+}
+
+/* Sends a STEP and checks the reply is RESULT (one sample) or STEP_ERROR. Returns the
+ * sampled token, or -1 for STEP_ERROR / failure (the STEP_ERROR message goes to msg). */
+static int32_t s_step(void *r, uint64_t seq, const proto_seq_t *q, uint32_t n, char *msg,
+                      size_t msg_size) {
+    proto_buf_t b = {0};
+    if (proto_step_encode(q, n, &b) || s_send(r, "shard-0", PROTO_STEP, 0, seq, b.data, b.len)) {
+        proto_buf_free(&b);
+        return -1;
+    }
+    proto_buf_free(&b);
+    s_in_t in;
+    if (!s_expect(r, "shard-0", 20000, &in)) {
+        fprintf(stderr, "test: no reply to step %llu\n", (unsigned long long)seq);
+        return -2;
+    }
+    int32_t tok = -1;
+    if (in.hdr_ok && in.h.cmd == PROTO_STEP_ERROR && in.h.seq == seq) {
+        cJSON *j = cJSON_ParseWithLength((const char *)in.body, in.len);
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
+        snprintf(msg, msg_size, "%s", cJSON_IsString(m) ? m->valuestring : "?");
+        cJSON_Delete(j);
+    } else if (in.hdr_ok && in.h.cmd == PROTO_RESULT && in.h.seq == seq) {
+        proto_sample_t *s = NULL;
+        uint32_t ns = 0;
+        double ms = -1;
+        gerr_t err;
+        int rc = proto_result_decode(in.body, in.len, &s, &ns, &ms, &err);
+        CHECK_MSG(rc == 0, "%s", err.msg);
+        if (rc == 0 && ns == 1) {
+            tok = s[0].token;
+            CHECK(s[0].slot == 0);
+            CHECK(s[0].logprob <= 0.0f);
+            CHECK(s[0].n_top == 3 && s[0].top_ids[0] == tok);
+            CHECK(ms >= 0);
+        } else if (rc == 0 && ns == 0) {
+            tok = -3; /* no sample asked */
+        }
+        free(s);
+        snprintf(msg, msg_size, "RESULT");
+    } else {
+        fprintf(stderr, "test: unexpected reply to step %llu\n", (unsigned long long)seq);
+        tok = -2;
+    }
+    s_in_free(&in);
+    return tok;
+}
+
+static void test_generate(void) {
+    void *r = s_router();
+    CHECK(r != NULL);
+    if (!r) return;
+    pid_t pid = s_spawn((const char *const[]){"--rank", "0", "--world", "1", "--threads", "2",
+                                              "--heartbeat-ms", "500", NULL});
+    CHECK(pid > 0);
+    bool ok;
+    cJSON *j = s_expect_cmd(r, "shard-0", PROTO_HELLO, 0, &ok, NULL);
+    CHECK(ok);
+    CHECK(s_json_int(j, "rank") == 0 && s_json_int(j, "world") == 1);
+    CHECK(s_json_int(j, "version") == 1 && s_json_int(j, "pid") == pid);
+    CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "backend")));
+    cJSON_Delete(j);
+
+    int32_t *ids = NULL, *cont = NULL;
+    int n_ids = 0, n_cont = 0;
+    CHECK(s_read_case(1, &ids, &n_ids, &cont, &n_cont) == 0 && n_ids == 13 && n_cont == 16);
+    if (!ids || !cont || n_ids != 13 || n_cont != 16) goto out;
+    const int bs = 4;
+    int32_t full[16], win[16], all[40];
+    memcpy(all, ids, sizeof(int32_t) * 13);
+    char msg[1100];
+
+    /* STEP before LOAD */
+    proto_seq_t q = s_seq(all, 13, 0, bs, full, win, PROTO_SEQ_SAMPLE | PROTO_SEQ_NEW);
+    CHECK(s_step(r, 1, &q, 1, msg, sizeof msg) == -1);
+    CHECK_MSG(strstr(msg, "before LOAD") != NULL, "%s", msg);
+
+    /* LOAD */
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-a", tcheck_fixtures());
+    char *load = s_load_json(model, bs, 40, 20);
+    s_send(r, "shard-0", PROTO_LOAD, 0, 0, load, strlen(load));
+    j = s_expect_cmd(r, "shard-0", PROTO_READY, 0, &ok, NULL);
+    CHECK(ok);
+    CHECK(s_json_int(j, "vocab") == 512 && s_json_int(j, "n_layers") == 2);
+    CHECK_MSG(s_json_int(j, "kv_full_blocks") == 40, "%d", s_json_int(j, "kv_full_blocks"));
+    CHECK_MSG(s_json_int(j, "kv_window_blocks") >= 20, "%d", s_json_int(j, "kv_window_blocks"));
+    CHECK(s_json_int(j, "block_size") == bs);
+    CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "kv_bytes")));
+    CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "load_ms")));
+    cJSON_Delete(j);
+
+    /* a second LOAD is refused and ignored */
+    s_send(r, "shard-0", PROTO_LOAD, 0, 0, load, strlen(load));
+    j = s_expect_cmd(r, "shard-0", PROTO_LOAD_ERROR, 0, &ok, NULL);
+    CHECK(ok && cJSON_IsString(cJSON_GetObjectItemCaseSensitive(j, "message")));
+    cJSON_Delete(j);
+    free(load);
+
+    /* garbage: bad magic and a header-only message are dropped (no reply); a truncated
+     * STEP, an out-of-range slot and missing blocks get STEP_ERROR; a STEP for another
+     * rank is dropped */
+    uint8_t hdr[PROTO_HEADER_SIZE];
+    proto_header_encode(&(proto_header_t){.cmd = PROTO_STEP, .rank = 0, .seq = 7}, hdr);
+    hdr[0] = 'X';
+    s_send_raw(r, "shard-0", hdr, sizeof hdr, "junk", 4);
+    s_send_raw(r, "shard-0", "short", 5, "", 0);
+    proto_buf_t b = {0};
+    CHECK(proto_step_encode(&q, 1, &b) == 0);
+    s_send(r, "shard-0", PROTO_STEP, 5, 8, b.data, b.len); /* rank 5: not us */
+    s_send(r, "shard-0", PROTO_STEP, 0, 9, b.data, b.len - 3);
+    proto_buf_free(&b);
+    s_in_t in;
+    CHECK(s_expect(r, "shard-0", 20000, &in) == 1);
+    CHECK_MSG(in.hdr_ok && in.h.cmd == PROTO_STEP_ERROR && in.h.seq == 9,
+              "cmd %d seq %llu (the garbage before must get no reply)", in.h.cmd,
+              (unsigned long long)in.h.seq);
+    CHECK(in.body && strstr((const char *)in.body, "truncated") != NULL);
+    s_in_free(&in);
+    proto_seq_t bad = q;
+    bad.slot = 4;
+    CHECK(s_step(r, 10, &bad, 1, msg, sizeof msg) == -1);
+    CHECK_MSG(strstr(msg, "slot 4") != NULL, "%s", msg);
+    bad = q;
+    bad.n_full = 1;
+    CHECK(s_step(r, 11, &bad, 1, msg, sizeof msg) == -1);
+    CHECK_MSG(strstr(msg, "block") != NULL, "%s", msg);
+    int32_t far[4] = {0, 1, 2, 40}; /* block 40 is past the pool */
+    bad = q;
+    bad.full = far;
+    CHECK(s_step(r, 12, &bad, 1, msg, sizeof msg) == -1);
+    CHECK_MSG(strstr(msg, "block") != NULL, "%s", msg);
+    bad = q;
+    bad.top_p = 0.0f;
+    CHECK(s_step(r, 13, &bad, 1, msg, sizeof msg) == -1);
+    CHECK_MSG(strstr(msg, "top_p") != NULL, "%s", msg);
+    int32_t oov[13];
+    memcpy(oov, all, sizeof oov);
+    oov[5] = 512;
+    bad = q;
+    bad.tokens = oov;
+    CHECK(s_step(r, 14, &bad, 1, msg, sizeof msg) == -1);
+    CHECK_MSG(strstr(msg, "vocabulary") != NULL, "%s", msg);
+
+    /* prefill, then 15 decode steps feeding the sampled token back */
+    int32_t gen[16];
+    int n_gen = 0;
+    gen[n_gen++] = s_step(r, 100, &q, 1, msg, sizeof msg);
+    for (int k = 0; k < 15 && gen[n_gen - 1] >= 0; k++) {
+        int pos = 13 + k;
+        all[pos] = gen[n_gen - 1];
+        proto_seq_t d = s_seq(all + pos, 1, pos, bs, full, win, PROTO_SEQ_SAMPLE);
+        gen[n_gen++] = s_step(r, 101 + (uint64_t)k, &d, 1, msg, sizeof msg);
+    }
+    CHECK(n_gen == 16);
+    bool same = n_gen == 16;
+    for (int i = 0; i < n_gen; i++) {
+        if (gen[i] != cont[i]) same = false;
+        fprintf(stderr, "%s%d/%d", i ? " " : "greedy (got/expected): ", gen[i], cont[i]);
+    }
+    fprintf(stderr, "\n");
+    CHECK(same);
+
+    /* a step without the sample flag answers an empty RESULT */
+    proto_seq_t nos = s_seq(all, 13, 0, bs, full, win, PROTO_SEQ_NEW);
+    CHECK(s_step(r, 200, &nos, 1, msg, sizeof msg) == -3);
+
+    /* heartbeats arrive on the -hb identity */
+    long long hb_end = s_now_ms() + 3000;
+    while (s_hb_seen == 0 && s_now_ms() < hb_end) {
+        if (s_expect(r, "shard-0", 200, &in)) s_in_free(&in);
+    }
+    CHECK_MSG(s_hb_seen > 0, "no heartbeat from shard-0-hb");
+
+    /* SHUTDOWN -> exit 0 */
+    s_send(r, "shard-0", PROTO_SHUTDOWN, PROTO_RANK_ALL, 0, "", 0);
+    CHECK_MSG(s_wait_exit(pid, 10000) == 0, "shard did not exit 0 after SHUTDOWN");
+out:
+    free(ids);
+    free(cont);
+    s_kill_all();
+    zmq_close(r);
+}
+
+/* LOAD that fails -> LOAD_ERROR with a message, then exit status 2. */
+static void test_load_error(const char *model, const char *world, const char *want) {
+    void *r = s_router();
+    CHECK(r != NULL);
+    if (!r) return;
+    pid_t pid = s_spawn((const char *const[]){"--rank", "0", "--world", world, NULL});
+    bool ok;
+    cJSON *j = s_expect_cmd(r, "shard-0", PROTO_HELLO, 0, &ok, NULL);
+    CHECK(ok);
+    cJSON_Delete(j);
+    char *load = s_load_json(model, 16, 8, 8);
+    s_send(r, "shard-0", PROTO_LOAD, 0, 0, load, strlen(load));
+    free(load);
+    j = s_expect_cmd(r, "shard-0", PROTO_LOAD_ERROR, 0, &ok, NULL);
+    CHECK(ok);
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
+    CHECK_MSG(cJSON_IsString(m) && strstr(m->valuestring, want) != NULL, "message: %s",
+              cJSON_IsString(m) ? m->valuestring : "(none)");
+    cJSON_Delete(j);
+    int st = s_wait_exit(pid, 10000);
+    CHECK_MSG(st == 2, "exit status %d, expected 2", st);
+    s_kill_all();
+    zmq_close(r);
+}
+
+/* A gateway that says nothing after HELLO: the shard exits with status 3. */
+static void test_silence(void) {
+    void *r = s_router();
+    CHECK(r != NULL);
+    if (!r) return;
+    pid_t pid = s_spawn(
+        (const char *const[]){"--rank", "0", "--world", "1", "--heartbeat-ms", "100", NULL});
+    s_in_t in;
+    int hello = 0;
+    long long t0 = s_now_ms();
+    while (s_now_ms() - t0 < 15000) { /* just listen: never send anything */
+        if (s_recv(r, 100, &in) == 1) {
+            hello += strcmp(in.id, "shard-0") == 0 && in.hdr_ok && in.h.cmd == PROTO_HELLO;
+            s_in_free(&in);
+        }
+        int st = s_wait_exit(pid, 0);
+        if (st >= 0) {
+            CHECK_MSG(st == 3, "exit status %d, expected 3", st);
+            break;
+        }
+    }
+    CHECK(hello == 1);
+    CHECK_MSG(s_n_children == 0, "shard did not exit when the gateway went silent");
+    s_kill_all();
+    zmq_close(r);
+}
+
+/* SIGTERM -> clean exit (status 0). */
+static void test_sigterm(void) {
+    void *r = s_router();
+    CHECK(r != NULL);
+    if (!r) return;
+    pid_t pid = s_spawn((const char *const[]){"--rank", "0", "--world", "1", NULL});
+    bool ok;
+    cJSON_Delete(s_expect_cmd(r, "shard-0", PROTO_HELLO, 0, &ok, NULL));
+    CHECK(ok);
+    CHECK(kill(pid, SIGTERM) == 0);
+    int st = s_wait_exit(pid, 10000);
+    CHECK_MSG(st == 0, "exit status %d after SIGTERM", st);
+    s_kill_all();
+    zmq_close(r);
+}
+
+int main(void) {
+    snprintf(s_endpoint, sizeof s_endpoint, "ipc:///tmp/gptoss-test-shardd-%ld-%lld.ipc",
+             (long)getpid(), s_now_ms());
+    s_ctx = zmq_ctx_new();
+    CHECK(s_ctx != NULL);
+    if (!s_ctx) return tcheck_done("test_shardd");
+    test_generate();
+    char missing[1024];
+    snprintf(missing, sizeof missing, "%s/no-such-model", tcheck_fixtures());
+    test_load_error(missing, "1", "no-such-model");
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-a", tcheck_fixtures());
+    test_load_error(model, "2", "world 2");
+    test_silence();
+    test_sigterm();
+    s_kill_all();
+    zmq_ctx_term(s_ctx);
+    unlink(s_endpoint + strlen("ipc://"));
+    return tcheck_done("test_shardd");
+}
