@@ -1,0 +1,207 @@
+/* misc: the small ops of the CUDA backend - embed, rmsnorm, rope, kv_write, router_topk,
+ * swiglu, add, axpy.
+ *
+ * All fp32, memory-bound, one launch each; they follow the CPU reference (kernels/cpu/ops_cpu.c)
+ * operation by operation so that results agree to float rounding (rmsnorm sums in fp32 by a tree
+ * instead of the CPU's double loop; router_topk uses the same selection order and a double
+ * softmax). Not here: matmuls, attention, sampling. */
+#include <assert.h>
+#include <math.h>
+
+#include "cuda_internal.cuh"
+
+#define S_THREADS 256
+
+static inline unsigned s_blocks(size_t n, int threads) {
+    size_t b = (n + (size_t)threads - 1) / (size_t)threads;
+    return (unsigned)(b > 65535u * 32u ? 65535u * 32u : b); /* grid-stride loops cover the rest */
+}
+
+/* ---- embed ------------------------------------------------------------------------------- */
+
+__global__ void k_embed(const uint16_t *table, size_t stride, int n, const int32_t *ids,
+                        float *out) {
+    const int t = blockIdx.x;
+    const uint16_t *row = table + (size_t)ids[t] * stride;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        out[(size_t)t * n + i] = cuda_bf16_to_f32(row[i]);
+}
+
+void cuda_op_embed(const ops_t *o, const uint16_t *table, size_t stride, int n, const int32_t *ids,
+                   int T, float *out) {
+    if (T <= 0 || n <= 0) return;
+    k_embed<<<T, S_THREADS, 0, cuda_state(o)->stream>>>(table, stride, n, ids, out);
+    CUDA_CHECK_LAUNCH("k_embed");
+}
+
+/* ---- rmsnorm ----------------------------------------------------------------------------- */
+
+/* One block per row; each thread reads and later writes the same elements, so out may be x. */
+__global__ void k_rmsnorm(const float *x, const uint16_t *w, int n, float eps, float *out) {
+    __shared__ float part[S_THREADS / 32];
+    const float *xt = x + (size_t)blockIdx.x * n;
+    float *yt = out + (size_t)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ss += xt[i] * xt[i];
+    ss = cuda_warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float tot = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++)
+        tot += part[i];
+    const float inv = (float)(1.0 / sqrt((double)tot / n + (double)eps));
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        yt[i] = (xt[i] * inv) * cuda_bf16_to_f32(w[i]);
+}
+
+void cuda_op_rmsnorm(const ops_t *o, const float *x, const uint16_t *w, int T, int n, float eps,
+                     float *out) {
+    if (T <= 0 || n <= 0) return;
+    k_rmsnorm<<<T, S_THREADS, 0, cuda_state(o)->stream>>>(x, w, n, eps, out);
+    CUDA_CHECK_LAUNCH("k_rmsnorm");
+}
+
+/* ---- rope -------------------------------------------------------------------------------- */
+
+/* One block per token, threads over (head, i < D/2) pairs. */
+__global__ void k_rope(float *x, int n_heads, int D, const float *cs) {
+    const int t = blockIdx.x, half = D / 2;
+    const float *c = cs + (size_t)t * D, *s = c + half;
+    for (int e = threadIdx.x; e < n_heads * half; e += blockDim.x) {
+        int h = e / half, i = e % half;
+        float *v = x + ((size_t)t * n_heads + h) * D;
+        float a = v[i], b = v[i + half];
+        v[i] = a * c[i] - b * s[i];
+        v[i + half] = b * c[i] + a * s[i];
+    }
+}
+
+void cuda_op_rope(const ops_t *o, float *x, int T, int n_heads, int D, const float *cs) {
+    if (T <= 0 || n_heads <= 0) return;
+    assert(D % 2 == 0);
+    k_rope<<<T, S_THREADS, 0, cuda_state(o)->stream>>>(x, n_heads, D, cs);
+    CUDA_CHECK_LAUNCH("k_rope");
+}
+
+/* ---- kv_write ---------------------------------------------------------------------------- */
+
+template <typename KV> __device__ __forceinline__ KV s_kv_from(float f);
+template <> __device__ __forceinline__ float s_kv_from<float>(float f) {
+    return f;
+}
+template <> __device__ __forceinline__ __nv_bfloat16 s_kv_from<__nv_bfloat16>(float f) {
+    return __float2bfloat16_rn(f);
+}
+
+template <typename KV>
+__global__ void k_kv_write(KV *kc, KV *vc, int block_size, size_t row, const float *k,
+                           const float *v, const ops_tok_t *toks) {
+    const int t = blockIdx.x;
+    const int p = toks[t].pos;
+    const int32_t b = toks[t].blocks[p / block_size];
+    const size_t off = ((size_t)b * block_size + (size_t)(p % block_size)) * row;
+    for (size_t i = threadIdx.x; i < row; i += blockDim.x) {
+        kc[off + i] = s_kv_from<KV>(k[(size_t)t * row + i]);
+        vc[off + i] = s_kv_from<KV>(v[(size_t)t * row + i]);
+    }
+}
+
+void cuda_op_kv_write(const ops_t *o, const ops_kv_t *kv, const float *k, const float *v,
+                      const ops_tok_t *toks, int T) {
+    if (T <= 0) return;
+    const size_t row = (size_t)kv->n_kv_heads * kv->head_dim;
+    cudaStream_t st = cuda_state(o)->stream;
+    if (kv->dtype == OPS_KV_F32)
+        k_kv_write<float><<<T, S_THREADS, 0, st>>>((float *)kv->k, (float *)kv->v, kv->block_size,
+                                                   row, k, v, toks);
+    else
+        k_kv_write<__nv_bfloat16><<<T, S_THREADS, 0, st>>>(
+            (__nv_bfloat16 *)kv->k, (__nv_bfloat16 *)kv->v, kv->block_size, row, k, v, toks);
+    CUDA_CHECK_LAUNCH("k_kv_write");
+}
+
+/* ---- router_topk ------------------------------------------------------------------------- */
+
+/* One thread per token: E is 32 or 128 and k is 4, so the CPU's O(k E) selection (ties -> lower
+ * index) is cheaper than any cooperative scheme and gives the same order. */
+__global__ void k_router_topk(const float *z, int T, int E, int k, int32_t *idx, float *w) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= T) return;
+    const float *zt = z + (size_t)t * E;
+    int32_t *it = idx + (size_t)t * k;
+    float *wt = w + (size_t)t * k;
+    for (int a = 0; a < k; a++) {
+        int best = -1;
+        for (int e = 0; e < E; e++) {
+            bool taken = false;
+            for (int b = 0; b < a; b++)
+                taken |= it[b] == e;
+            if (taken) continue;
+            if (best < 0 || zt[e] > zt[best]) best = e;
+        }
+        it[a] = best;
+    }
+    double mx = zt[it[0]], sum = 0.0;
+    for (int a = 0; a < k; a++)
+        sum += exp((double)zt[it[a]] - mx);
+    for (int a = 0; a < k; a++)
+        wt[a] = (float)(exp((double)zt[it[a]] - mx) / sum);
+}
+
+void cuda_op_router_topk(const ops_t *o, const float *z, int T, int E, int k, int32_t *idx,
+                         float *w) {
+    if (T <= 0) return;
+    assert(k >= 1 && k <= E && k <= 64);
+    k_router_topk<<<(T + 127) / 128, 128, 0, cuda_state(o)->stream>>>(z, T, E, k, idx, w);
+    CUDA_CHECK_LAUNCH("k_router_topk");
+}
+
+/* ---- swiglu, add, axpy ------------------------------------------------------------------- */
+
+__global__ void k_swiglu(const float *h, size_t n, int I, float alpha, float limit, float *out) {
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n;
+         e += (size_t)gridDim.x * blockDim.x) {
+        size_t t = e / (size_t)I, i = e % (size_t)I;
+        const float *ht = h + t * 2 * (size_t)I;
+        float g = ht[2 * i], u = ht[2 * i + 1];
+        if (g > limit) g = limit; /* comparisons, not fminf: a NaN stays NaN as on the CPU */
+        if (u > limit) u = limit;
+        if (u < -limit) u = -limit;
+        float sig = 1.0f / (1.0f + expf(-alpha * g));
+        out[e] = g * sig * (u + 1.0f);
+    }
+}
+
+void cuda_op_swiglu(const ops_t *o, const float *h, int T, int I, float alpha, float limit,
+                    float *out) {
+    size_t n = (size_t)T * (size_t)I;
+    if (T <= 0 || I <= 0) return;
+    k_swiglu<<<s_blocks(n, S_THREADS), S_THREADS, 0, cuda_state(o)->stream>>>(h, n, I, alpha, limit,
+                                                                              out);
+    CUDA_CHECK_LAUNCH("k_swiglu");
+}
+
+__global__ void k_axpy(float *x, float a, const float *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] += a * y[i];
+}
+
+__global__ void k_add(float *x, const float *y, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] += y[i];
+}
+
+void cuda_op_add(const ops_t *o, float *x, const float *y, size_t n) {
+    if (!n) return;
+    k_add<<<s_blocks(n, S_THREADS), S_THREADS, 0, cuda_state(o)->stream>>>(x, y, n);
+    CUDA_CHECK_LAUNCH("k_add");
+}
+
+void cuda_op_axpy(const ops_t *o, float *x, float a, const float *y, size_t n) {
+    if (!n) return;
+    k_axpy<<<s_blocks(n, S_THREADS), S_THREADS, 0, cuda_state(o)->stream>>>(x, a, y, n);
+    CUDA_CHECK_LAUNCH("k_axpy");
+}

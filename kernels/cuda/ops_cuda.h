@@ -1,0 +1,127 @@
+/* ops_cuda: the CUDA backend of ops.h (bf16 tensor cores, MXFP4 decoded in registers).
+ *
+ * What it is: an ops_t whose calls are enqueued on one CUDA stream owned by the backend, plus
+ * the memory helpers that place weights (in their stored formats: bf16 bit patterns, MXFP4
+ * nibbles + E8M0 scales, never expanded), activations and the KV cache on the GPU, CUDA-graph
+ * capture helpers keyed by a batch-size bucket, and a GPU sampler (greedy and top-k).
+ *
+ * Pointer conventions for the ops_t calls: EVERY array pointer is a DEVICE pointer - the
+ * activations, the weights inside the ops_*_mat_t views, biases, sinks, token ids, the rope
+ * table, router outputs, the ops_tok_t array itself AND the block tables it points to. The view
+ * structs (ops_bf16_mat_t, ops_mxfp4_mat_t, ops_kv_t) and scalars are read on the host at call
+ * time. Calls are asynchronous: results are visible after ops_cuda_sync or a download.
+ * Activations stay fp32 in memory (the ops.h interface); matmuls round them to bf16 when they
+ * load them (DESIGN.md: bf16 activations, fp32 accumulation), every other op is fp32.
+ *
+ * What it is not: thread-safe (one host thread drives one backend, like one shard process drives
+ * one GPU), nor a place for input checks. A failed CUDA call is fatal: it is logged with file,
+ * line, the statement and CUDA's message, and the process exits (the supervisor restarts the
+ * shard, STYLE.md point 3). Only allocation failure is reported to the caller (a model that does
+ * not fit is outside input). */
+#ifndef GPTOSS_OPS_CUDA_H
+#define GPTOSS_OPS_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "gerr.h"
+#include "ops.h"
+
+#define OPS_CUDA_GRAPH_MAX      16 /* graph buckets per backend (see ops_cuda_graph_bucket) */
+#define OPS_CUDA_SAMPLE_MAX_K   64 /* largest top_k the GPU sampler handles */
+#define OPS_CUDA_ATTN_MAX_D     64 /* largest head_dim of the attention kernels */
+#define OPS_CUDA_ATTN_MAX_GROUP 64 /* largest n_heads / n_kv_heads */
+
+/* Number of CUDA devices usable by this process; 0 when there is none or no driver. */
+int ops_cuda_device_count(void);
+
+/* Creates the CUDA backend on device `device` (its own stream, no other state). Returns NULL with
+ * a message in err if the device does not exist or is older than sm_80. Caller frees with
+ * ops_cuda_free. */
+ops_t *ops_cuda_new(int device, gerr_t *err);
+/* Waits for queued work, frees graphs, scratch and the stream, frees the backend and sets *o to
+ * NULL (safe on NULL). Memory from ops_cuda_alloc is NOT freed (the caller owns it). */
+void ops_cuda_free(ops_t **o);
+
+/* Allocates `bytes` of device memory (256-byte aligned) on o's device. Returns NULL with a
+ * message in err when the device is out of memory. Caller owns it (ops_cuda_free_mem). */
+void *ops_cuda_alloc(const ops_t *o, size_t bytes, gerr_t *err);
+/* Frees device memory from ops_cuda_alloc (NULL is a no-op). Waits for the device first. */
+void ops_cuda_free_mem(const ops_t *o, void *p);
+/* Copies bytes from host src to device dst; returns when the copy is done (src may be reused). */
+void ops_cuda_upload(const ops_t *o, void *dst, const void *src, size_t bytes);
+/* Copies bytes from device src to host dst after all queued work; returns when dst is filled. */
+void ops_cuda_download(const ops_t *o, void *dst, const void *src, size_t bytes);
+/* Sets bytes of device memory to `byte`, queued on o's stream (tests poison outputs with 0xff,
+ * which is a NaN in fp32). */
+void ops_cuda_memset(const ops_t *o, void *dst, int byte, size_t bytes);
+/* Copies bytes between device buffers, queued on o's stream. */
+void ops_cuda_copy(const ops_t *o, void *dst, const void *src, size_t bytes);
+/* Waits until every call queued on o has finished. */
+void ops_cuda_sync(const ops_t *o);
+/* The backend's cudaStream_t (as void *, borrowed), for NCCL calls that must be ordered with the
+ * ops. */
+void *ops_cuda_stream(const ops_t *o);
+
+/* CUDA graphs. A step's sequence of ops calls is captured once per batch-size bucket and replayed
+ * with one launch. A graph replays the exact pointers and scalars it captured, so the caller
+ * keeps fixed device buffers per bucket and writes each step's inputs (ids, toks, block tables,
+ * rope table) into them before launching. Run a bucket's sequence once eagerly before capturing it:
+ * backend scratch is sized on first use and cannot grow during capture (a capture that would need
+ * to grow it is fatal); when scratch grows later, every stored graph is dropped
+ * (ops_cuda_graph_launch then returns false and the caller captures again). */
+
+/* Bucket index for a batch of `tokens` rows: 0 for 1, 1 for 2, 2 for 3..4, 3 for 5..8, ...,
+ * clamped to OPS_CUDA_GRAPH_MAX - 1. Callers pad the batch to the bucket's size 2^bucket. */
+int ops_cuda_graph_bucket(int tokens);
+/* Starts capturing every op queued on o's stream (by this thread) for bucket; nothing runs until
+ * ops_cuda_graph_launch. */
+void ops_cuda_graph_begin(ops_t *o, int bucket);
+/* Ends the capture begun for bucket and instantiates it (updating the bucket's executable graph
+ * in place when the topology is unchanged). */
+void ops_cuda_graph_end(ops_t *o, int bucket);
+/* Launches bucket's graph on o's stream; false (and nothing queued) if none is stored. */
+bool ops_cuda_graph_launch(const ops_t *o, int bucket);
+/* Drops every stored graph (e.g. after the caller reallocates the buffers they captured). */
+void ops_cuda_graph_reset(ops_t *o);
+
+/* Sampling parameters of one logits row, in device memory (the same meaning as
+ * shardd/sampling.h's sampling_params_t, restricted to what the GPU sampler supports). */
+typedef struct {
+    double temperature; /* 0 = greedy argmax */
+    double top_p;       /* 1 = off */
+    double min_p;       /* 0 = off */
+    uint64_t seed;      /* request seed */
+    uint64_t position;  /* absolute position of the token being sampled */
+    int32_t top_k;      /* 1..OPS_CUDA_SAMPLE_MAX_K (and < V) when temperature > 0 */
+    int32_t reserved;   /* 0 */
+} ops_cuda_sample_t;
+
+/* ids[r] = argmax of logits row r (row r at logits + r * stride, V values; NaN counts as -inf,
+ * ties -> lowest id, all -inf -> -1), for r < R. Device pointers; queued on o's stream. */
+void ops_cuda_argmax(const ops_t *o, const float *logits, int R, int V, size_t stride,
+                     int32_t *ids);
+/* ids[r] = the token sampling_sample (shardd/sampling.c) would pick for logits row r with
+ * params[r], no penalties, no banned ids, vocab_limit V: greedy for temperature 0, else
+ * min_p -> top_k -> top_p and a draw with u = sampling_uniform(seed, position), reproduced
+ * bit-exactly on the device. Writes -1 for a row the GPU sampler does not handle (temperature > 0
+ * with top_k outside 1..min(OPS_CUDA_SAMPLE_MAX_K, V-1), or every logit -inf); the caller then
+ * samples that row on the CPU. Weights use CUDA's expf (within 2 ulp of glibc's), so a draw
+ * that lands within rounding of a boundary can differ from the CPU sampler. Device pointers. */
+void ops_cuda_sample(const ops_t *o, const float *logits, int R, int V, size_t stride,
+                     const ops_cuda_sample_t *params, int32_t *ids);
+/* out[i] = sampling_uniform(seeds[i], positions[i]) computed on the device (a check that the
+ * device hash is the CPU one). Device pointers, n values. */
+void ops_cuda_uniform(const ops_t *o, const uint64_t *seeds, const uint64_t *positions, int n,
+                      double *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

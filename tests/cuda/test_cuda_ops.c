@@ -1,0 +1,656 @@
+/* test_cuda_ops: every op of the CUDA backend against the CPU backend (the reference) on fresh
+ * random data, plus the GPU sampler against shardd/sampling.c and a CUDA-graph replay.
+ *
+ * Each case uploads the same inputs to both backends, poisons the CUDA output with 0xff bytes (a
+ * NaN in fp32, -1 in int32) so that an element the kernel never writes fails, runs both, and
+ * compares with a per-op bound on err = max |got - want| / (|want| + rms(want)): matmuls 1e-2
+ * (the CUDA backend rounds activations to bf16, DESIGN.md), attention 1e-4, elementwise ops
+ * 1e-5 or exact. A non-finite value where the reference is finite always fails. Shapes include
+ * the gpt-oss-20b ones (hidden 2880, q 4096, experts 5760 x 2880 = 90 MXFP4 blocks, 64 heads /
+ * 8 kv heads of 64) and odd token counts (1, 3, 17, 64), misaligned strides and pointers, the
+ * tiny test model's head_dim 16, fp32 and bf16 KV caches, windows and sinks.
+ *
+ * Without a CUDA device it prints "test_cuda_ops: skipped (no CUDA device)" and exits 77, which
+ * ctest reports as skipped (SKIP_RETURN_CODE). Not here: the whole forward pass on the GPU (the
+ * engine has no device backend yet). */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bf16.h"
+#include "cpu/ops_cpu.h"
+#include "cuda/ops_cuda.h"
+#include "mxfp4.h"
+#include "ops.h"
+#include "sampling.h"
+#include "tcheck.h"
+
+static ops_t *g_cpu, *g_gpu;
+
+/* ---- random data --------------------------------------------------------------------------- */
+
+static uint64_t s_rng = 0x9e3779b97f4a7c15ull;
+
+static uint32_t s_next(void) {
+    s_rng ^= s_rng << 13;
+    s_rng ^= s_rng >> 7;
+    s_rng ^= s_rng << 17;
+    return (uint32_t)(s_rng >> 11);
+}
+
+static float s_unif(void) { /* [-1, 1) */
+    return (float)((s_next() & 0xffffff) / 8388608.0 - 1.0);
+}
+
+static float *s_f32_rand(size_t n, float scale) {
+    float *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = s_unif() * scale;
+    return p;
+}
+
+static uint16_t *s_bf16_rand(size_t n, float scale) {
+    uint16_t *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = f32_to_bf16(s_unif() * scale);
+    return p;
+}
+
+/* ---- device helpers ------------------------------------------------------------------------ */
+
+/* A device copy of host bytes (test-owned; freed with s_free). */
+static void *s_dev(const void *host, size_t bytes) {
+    gerr_t err = {{0}};
+    void *d = ops_cuda_alloc(g_gpu, bytes, &err);
+    if (!d) {
+        fprintf(stderr, "test_cuda_ops: %s\n", err.msg);
+        exit(1);
+    }
+    if (host) ops_cuda_upload(g_gpu, d, host, bytes);
+    return d;
+}
+
+/* A device buffer filled with 0xff bytes (NaN floats, -1 ints). */
+static void *s_poisoned(size_t bytes) {
+    void *d = s_dev(NULL, bytes);
+    ops_cuda_memset(g_gpu, d, 0xff, bytes);
+    return d;
+}
+
+/* A host copy of device bytes (caller frees). */
+static void *s_get(const void *dev, size_t bytes) {
+    void *h = malloc(bytes ? bytes : 1);
+    ops_cuda_download(g_gpu, h, dev, bytes);
+    return h;
+}
+
+static void s_free(void *d) {
+    ops_cuda_free_mem(g_gpu, d);
+}
+
+/* err = max |got - want| / (|want| + rms(want)); fails on tol or any non-finite got where want
+ * is finite. Prints the case and its error. */
+static void s_cmp(const char *what, const float *got, const float *want, size_t n, double tol) {
+    double ss = 0.0;
+    for (size_t i = 0; i < n; i++)
+        if (isfinite(want[i])) ss += (double)want[i] * want[i];
+    const double rms = n ? sqrt(ss / (double)n) : 0.0;
+    double err = 0.0;
+    size_t bad = 0, worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(want[i])) {
+            if (memcmp(&got[i], &want[i], sizeof(float)) != 0 && !(isnan(got[i]) && isnan(want[i])))
+                bad++;
+            continue;
+        }
+        if (!isfinite(got[i])) {
+            if (!bad) worst = i;
+            bad++;
+            continue;
+        }
+        double e = fabs((double)got[i] - want[i]) / (fabs(want[i]) + rms + 1e-30);
+        if (e > err) err = e, worst = i;
+    }
+    printf("  %-58s err %.3g (tol %.0e)%s\n", what, err, tol, bad ? "  NON-FINITE" : "");
+    CHECK_MSG(bad == 0 && err <= tol, "%s: err %.3g, %zu non-finite; at %zu got %.9g want %.9g",
+              what, err, bad, worst, (double)got[worst], (double)want[worst]);
+}
+
+/* ---- matmuls --------------------------------------------------------------------------------- */
+
+static const int s_Ts[] = {1, 3, 8, 9, 17, 64};
+#define S_NT ((int)(sizeof s_Ts / sizeof *s_Ts))
+
+static void s_test_matmul_bf16(void) {
+    printf("matmul_bf16\n");
+    const struct {
+        int rows, cols;
+        size_t stride;
+        int xoff; /* float offset of x (1 = misaligned vector loads) */
+    } shapes[] = {
+        {4096, 2880, 2880, 0}, /* q */
+        {512, 2880, 2880, 0},  /* k, v */
+        {2880, 4096, 4096, 0}, /* o */
+        {32, 2880, 2880, 0},   /* router */
+        {3001, 2880, 2880, 0}, /* lm_head-like, rows not a tile multiple */
+        {37, 72, 77, 1},       /* odd stride, misaligned x */
+        {45, 100, 100, 0},     /* cols not a multiple of 8 */
+    };
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const int rows = shapes[si].rows, cols = shapes[si].cols, xoff = shapes[si].xoff;
+        const size_t stride = shapes[si].stride;
+        uint16_t *w = s_bf16_rand((size_t)rows * stride, 0.5f);
+        uint16_t *b = s_bf16_rand((size_t)rows, 1.0f);
+        uint16_t *dw = s_dev(w, (size_t)rows * stride * 2), *db = s_dev(b, (size_t)rows * 2);
+        for (int ti = 0; ti < S_NT; ti++) {
+            const int T = s_Ts[ti];
+            const size_t nx = (size_t)T * cols + (size_t)xoff, ny = (size_t)T * rows;
+            float *x = s_f32_rand(nx, 2.0f), *want = malloc(ny * sizeof(float));
+            float *dx = s_dev(x, nx * sizeof(float)), *dy = s_poisoned(ny * sizeof(float));
+            const uint16_t *bias = (ti & 1) ? NULL : b, *dbias = (ti & 1) ? NULL : db;
+            ops_bf16_mat_t Wc = {.w = w, .stride = stride, .rows = rows, .cols = cols};
+            ops_bf16_mat_t Wg = {.w = dw, .stride = stride, .rows = rows, .cols = cols};
+            g_cpu->matmul_bf16(g_cpu, x + xoff, T, &Wc, bias, want);
+            g_gpu->matmul_bf16(g_gpu, dx + xoff, T, &Wg, dbias, dy);
+            float *got = s_get(dy, ny * sizeof(float));
+            char what[128];
+            snprintf(what, sizeof what, "bf16 %dx%d stride %zu T=%d%s%s", rows, cols, stride, T,
+                     bias ? " bias" : "", xoff ? " x+1" : "");
+            s_cmp(what, got, want, ny, 1e-2);
+            free(x), free(want), free(got);
+            s_free(dx), s_free(dy);
+        }
+        free(w), free(b);
+        s_free(dw), s_free(db);
+    }
+}
+
+static void s_test_matmul_mxfp4(void) {
+    printf("matmul_mxfp4\n");
+    const struct {
+        int rows, cols;
+        size_t bstride, sstride;
+    } shapes[] = {
+        {5760, 2880, 1440, 90}, /* gate_up: 90 blocks per row */
+        {2880, 2880, 1440, 90}, /* down */
+        {2880, 736, 368, 23},   /* down, TP-4 slice of 23 blocks */
+        {33, 64, 40, 3},        /* odd row strides (scalar loads) */
+    };
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+        const int rows = shapes[si].rows, cols = shapes[si].cols;
+        const size_t bst = shapes[si].bstride, sst = shapes[si].sstride;
+        uint8_t *blk = malloc((size_t)rows * bst), *sc = malloc((size_t)rows * sst);
+        for (size_t i = 0; i < (size_t)rows * bst; i++)
+            blk[i] = (uint8_t)s_next();
+        for (size_t i = 0; i < (size_t)rows * sst; i++)
+            sc[i] = (uint8_t)(118 + s_next() % 9); /* 2^-9 .. 2^-1 */
+        uint16_t *b = s_bf16_rand((size_t)rows, 1.0f);
+        uint8_t *dblk = s_dev(blk, (size_t)rows * bst), *dsc = s_dev(sc, (size_t)rows * sst);
+        uint16_t *db = s_dev(b, (size_t)rows * 2);
+        for (int ti = 0; ti < S_NT; ti++) {
+            const int T = s_Ts[ti];
+            const size_t nx = (size_t)T * cols, ny = (size_t)T * rows;
+            float *x = s_f32_rand(nx, 2.0f), *want = malloc(ny * sizeof(float));
+            float *dx = s_dev(x, nx * sizeof(float)), *dy = s_poisoned(ny * sizeof(float));
+            const uint16_t *bias = (ti & 1) ? b : NULL, *dbias = (ti & 1) ? db : NULL;
+            ops_mxfp4_mat_t Wc = {.blocks = blk,
+                                  .scales = sc,
+                                  .blocks_stride = bst,
+                                  .scales_stride = sst,
+                                  .rows = rows,
+                                  .cols = cols};
+            ops_mxfp4_mat_t Wg = Wc;
+            Wg.blocks = dblk, Wg.scales = dsc;
+            g_cpu->matmul_mxfp4(g_cpu, x, T, &Wc, bias, want);
+            g_gpu->matmul_mxfp4(g_gpu, dx, T, &Wg, dbias, dy);
+            float *got = s_get(dy, ny * sizeof(float));
+            char what[128];
+            snprintf(what, sizeof what, "mxfp4 %dx%d (%d blocks) strides %zu/%zu T=%d%s", rows,
+                     cols, cols / 32, bst, sst, T, bias ? " bias" : "");
+            s_cmp(what, got, want, ny, 1e-2);
+            free(x), free(want), free(got);
+            s_free(dx), s_free(dy);
+        }
+        free(blk), free(sc), free(b);
+        s_free(dblk), s_free(dsc), s_free(db);
+    }
+}
+
+/* ---- elementwise ------------------------------------------------------------------------------
+ */
+
+static void s_test_elementwise(void) {
+    printf("embed, rmsnorm, rope, swiglu, add, axpy\n");
+    const int H = 2880, vocab = 1000;
+    for (int ti = 0; ti < S_NT; ti++) {
+        const int T = s_Ts[ti];
+        const size_t n = (size_t)T * H;
+        char what[128];
+
+        /* embed: rows of a strided table */
+        const size_t stride = (size_t)H + 8;
+        uint16_t *table = s_bf16_rand((size_t)vocab * stride, 1.0f);
+        int32_t *ids = malloc((size_t)T * sizeof *ids);
+        for (int t = 0; t < T; t++)
+            ids[t] = (int32_t)(s_next() % vocab);
+        float *want = malloc(n * sizeof(float));
+        uint16_t *dtable = s_dev(table, (size_t)vocab * stride * 2);
+        int32_t *dids = s_dev(ids, (size_t)T * 4);
+        float *dy = s_poisoned(n * sizeof(float));
+        g_cpu->embed(g_cpu, table, stride, H, ids, T, want);
+        g_gpu->embed(g_gpu, dtable, stride, H, dids, T, dy);
+        float *got = s_get(dy, n * sizeof(float));
+        snprintf(what, sizeof what, "embed %d x %d T=%d", vocab, H, T);
+        s_cmp(what, got, want, n, 0.0);
+        free(table), free(ids), free(got);
+        s_free(dtable), s_free(dids);
+
+        /* rmsnorm, out of place and in place */
+        float *x = s_f32_rand(n, 3.0f);
+        uint16_t *w = s_bf16_rand((size_t)H, 2.0f);
+        float *dx = s_dev(x, n * sizeof(float));
+        uint16_t *dw = s_dev(w, (size_t)H * 2);
+        ops_cuda_memset(g_gpu, dy, 0xff, n * sizeof(float));
+        g_cpu->rmsnorm(g_cpu, x, w, T, H, 1e-5f, want);
+        g_gpu->rmsnorm(g_gpu, dx, dw, T, H, 1e-5f, dy);
+        got = s_get(dy, n * sizeof(float));
+        snprintf(what, sizeof what, "rmsnorm %d T=%d", H, T);
+        s_cmp(what, got, want, n, 1e-5);
+        free(got);
+        g_gpu->rmsnorm(g_gpu, dx, dw, T, H, 1e-5f, dx);
+        got = s_get(dx, n * sizeof(float));
+        snprintf(what, sizeof what, "rmsnorm %d T=%d in place", H, T);
+        s_cmp(what, got, want, n, 1e-5);
+        free(got), free(w);
+        s_free(dw);
+
+        /* rope on 64 heads of 64 (q) with a YaRN table at scattered positions */
+        const int nh = 64, D = 64;
+        const size_t nq = (size_t)T * nh * D;
+        ops_rope_t rp;
+        CHECK(ops_rope_init(&rp, D, 150000.0, 32.0, 32.0, 1.0, 4096, false) == 0);
+        int32_t *pos = malloc((size_t)T * sizeof *pos);
+        for (int t = 0; t < T; t++)
+            pos[t] = (int32_t)(s_next() % 131072);
+        float *cs = malloc((size_t)T * D * sizeof(float));
+        ops_rope_table(&rp, pos, T, cs);
+        float *q = s_f32_rand(nq, 2.0f);
+        float *dq = s_dev(q, nq * sizeof(float)), *dcs = s_dev(cs, (size_t)T * D * sizeof(float));
+        g_cpu->rope(g_cpu, q, T, nh, D, cs);
+        g_gpu->rope(g_gpu, dq, T, nh, D, dcs);
+        got = s_get(dq, nq * sizeof(float));
+        snprintf(what, sizeof what, "rope %d heads x %d T=%d", nh, D, T);
+        s_cmp(what, got, q, nq, 1e-5);
+        free(got), free(pos), free(cs), free(q);
+        s_free(dq), s_free(dcs);
+
+        /* swiglu: values beyond the clamp limit 7 */
+        const int I = 2880;
+        float *h = s_f32_rand((size_t)T * 2 * I, 10.0f);
+        float *dh = s_dev(h, (size_t)T * 2 * I * sizeof(float));
+        float *ws = malloc((size_t)T * I * sizeof(float));
+        float *dws = s_poisoned((size_t)T * I * sizeof(float));
+        g_cpu->swiglu(g_cpu, h, T, I, 1.702f, 7.0f, ws);
+        g_gpu->swiglu(g_gpu, dh, T, I, 1.702f, 7.0f, dws);
+        got = s_get(dws, (size_t)T * I * sizeof(float));
+        snprintf(what, sizeof what, "swiglu %d T=%d", I, T);
+        s_cmp(what, got, ws, (size_t)T * I, 1e-5);
+        free(got), free(h), free(ws);
+        s_free(dh), s_free(dws);
+
+        /* add, axpy over an odd length (the residual of T tokens plus 3) */
+        const size_t m = n + 3;
+        float *a = s_f32_rand(m, 1.0f), *c = s_f32_rand(m, 1.0f);
+        float *da = s_dev(a, m * sizeof(float)), *dc = s_dev(c, m * sizeof(float));
+        g_cpu->add(g_cpu, a, c, m);
+        g_gpu->add(g_gpu, da, dc, m);
+        got = s_get(da, m * sizeof(float));
+        snprintf(what, sizeof what, "add n=%zu", m);
+        s_cmp(what, got, a, m, 0.0);
+        free(got);
+        g_cpu->axpy(g_cpu, a, 0.37f, c, m);
+        g_gpu->axpy(g_gpu, da, 0.37f, dc, m);
+        got = s_get(da, m * sizeof(float));
+        snprintf(what, sizeof what, "axpy n=%zu", m);
+        s_cmp(what, got, a, m, 1e-6);
+        free(got), free(a), free(c), free(x), free(want);
+        s_free(da), s_free(dc), s_free(dx), s_free(dy);
+    }
+}
+
+static void s_test_router(void) {
+    printf("router_topk\n");
+    const int Es[] = {32, 128}, K = 4;
+    for (int ei = 0; ei < 2; ei++) {
+        for (int ti = 0; ti < S_NT; ti++) {
+            const int T = s_Ts[ti], E = Es[ei];
+            float *z = malloc((size_t)T * E * sizeof(float));
+            for (int i = 0; i < T * E; i++) /* few distinct values: many ties */
+                z[i] = (float)(s_next() % 7) * 0.5f + (ti & 1 ? s_unif() : 0.0f);
+            int32_t *idx = malloc((size_t)T * K * sizeof *idx);
+            float *w = malloc((size_t)T * K * sizeof(float));
+            float *dz = s_dev(z, (size_t)T * E * sizeof(float));
+            int32_t *didx = s_poisoned((size_t)T * K * sizeof *idx);
+            float *dw = s_poisoned((size_t)T * K * sizeof(float));
+            g_cpu->router_topk(g_cpu, z, T, E, K, idx, w);
+            g_gpu->router_topk(g_gpu, dz, T, E, K, didx, dw);
+            int32_t *gidx = s_get(didx, (size_t)T * K * sizeof *idx);
+            float *gw = s_get(dw, (size_t)T * K * sizeof(float));
+            char what[128];
+            snprintf(what, sizeof what, "router E=%d k=%d T=%d%s weights", E, K, T,
+                     ti & 1 ? "" : " (ties)");
+            CHECK_MSG(memcmp(gidx, idx, (size_t)T * K * sizeof *idx) == 0, "%s: indices differ",
+                      what);
+            s_cmp(what, gw, w, (size_t)T * K, 1e-6);
+            free(z), free(idx), free(w), free(gidx), free(gw);
+            s_free(dz), s_free(didx), s_free(dw);
+        }
+    }
+}
+
+/* ---- KV cache and attention -------------------------------------------------------------------
+ */
+
+typedef struct {
+    int start, n; /* positions start .. start + n - 1 in this step */
+} s_seq_t;
+
+typedef struct {
+    int n_heads, n_kv, D, window;
+    ops_kv_dtype_t dtype;
+    int n_seqs;
+    s_seq_t seqs[4];
+    const char *what;
+} s_attn_case_t;
+
+static void s_test_attention_case(const s_attn_case_t *ac) {
+    const int bs = 16, nh = ac->n_heads, nkv = ac->n_kv, D = ac->D;
+    const size_t esz = ac->dtype == OPS_KV_F32 ? 4 : 2;
+    int T = 0, nlog[4], n_blocks = 0;
+    for (int s = 0; s < ac->n_seqs; s++) {
+        T += ac->seqs[s].n;
+        nlog[s] = (ac->seqs[s].start + ac->seqs[s].n - 1) / bs + 1;
+        n_blocks += nlog[s];
+    }
+    n_blocks += 3; /* spare blocks nobody owns */
+    /* physical blocks: a random permutation, so logical order != physical order */
+    int32_t *perm = malloc((size_t)n_blocks * sizeof *perm);
+    for (int i = 0; i < n_blocks; i++)
+        perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(s_next() % (uint32_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    int32_t *tables[4], *dtables[4];
+    int used = 0;
+    for (int s = 0; s < ac->n_seqs; s++) {
+        tables[s] = malloc((size_t)nlog[s] * sizeof(int32_t));
+        int first_lo = ac->window > 0 && ac->seqs[s].start - ac->window + 1 > 0
+                           ? ac->seqs[s].start - ac->window + 1
+                           : 0;
+        for (int b = 0; b < nlog[s]; b++)
+            tables[s][b] = b < first_lo / bs ? -1 : perm[used + b]; /* dropped from the window */
+        used += nlog[s];
+        dtables[s] = s_dev(tables[s], (size_t)nlog[s] * sizeof(int32_t));
+    }
+    ops_tok_t *toks = malloc((size_t)T * sizeof *toks), *gtoks = malloc((size_t)T * sizeof *toks);
+    for (int s = 0, t = 0; s < ac->n_seqs; s++)
+        for (int i = 0; i < ac->seqs[s].n; i++, t++) {
+            toks[t] = (ops_tok_t){.pos = ac->seqs[s].start + i, .blocks = tables[s]};
+            gtoks[t] = (ops_tok_t){.pos = ac->seqs[s].start + i, .blocks = dtables[s]};
+        }
+    ops_tok_t *dtoks = s_dev(gtoks, (size_t)T * sizeof *toks);
+
+    /* random cache contents (identical on both sides), then this step's k/v written by kv_write */
+    const size_t row = (size_t)nkv * D, nkvel = (size_t)n_blocks * bs * row;
+    void *kc = malloc(nkvel * esz), *vc = malloc(nkvel * esz);
+    if (ac->dtype == OPS_KV_F32) {
+        float *k = s_f32_rand(nkvel, 1.0f), *v = s_f32_rand(nkvel, 1.0f);
+        memcpy(kc, k, nkvel * 4), memcpy(vc, v, nkvel * 4);
+        free(k), free(v);
+    } else {
+        uint16_t *k = s_bf16_rand(nkvel, 1.0f), *v = s_bf16_rand(nkvel, 1.0f);
+        memcpy(kc, k, nkvel * 2), memcpy(vc, v, nkvel * 2);
+        free(k), free(v);
+    }
+    void *dkc = s_dev(kc, nkvel * esz), *dvc = s_dev(vc, nkvel * esz);
+    ops_kv_t kvc = {.k = kc,
+                    .v = vc,
+                    .dtype = ac->dtype,
+                    .n_blocks = n_blocks,
+                    .block_size = bs,
+                    .n_kv_heads = nkv,
+                    .head_dim = D};
+    ops_kv_t kvg = kvc;
+    kvg.k = dkc, kvg.v = dvc;
+    float *k = s_f32_rand((size_t)T * row, 1.0f), *v = s_f32_rand((size_t)T * row, 1.0f);
+    float *dk = s_dev(k, (size_t)T * row * 4), *dv = s_dev(v, (size_t)T * row * 4);
+    g_cpu->kv_write(g_cpu, &kvc, k, v, toks, T);
+    g_gpu->kv_write(g_gpu, &kvg, dk, dv, dtoks, T);
+    void *gk = s_get(dkc, nkvel * esz), *gv = s_get(dvc, nkvel * esz);
+    char what[160];
+    snprintf(what, sizeof what, "kv_write %s T=%d %s", ac->what, T,
+             ac->dtype == OPS_KV_F32 ? "f32" : "bf16");
+    printf("  %-58s %s\n", what,
+           memcmp(gk, kc, nkvel * esz) == 0 && memcmp(gv, vc, nkvel * esz) == 0 ? "exact"
+                                                                                : "DIFFERS");
+    CHECK_MSG(memcmp(gk, kc, nkvel * esz) == 0 && memcmp(gv, vc, nkvel * esz) == 0,
+              "%s: cache bytes differ", what);
+
+    /* attention */
+    const size_t nq = (size_t)T * nh * D;
+    float *q = s_f32_rand(nq, 1.0f), *want = malloc(nq * sizeof(float));
+    uint16_t *sinks = s_bf16_rand((size_t)nh, 2.0f);
+    float *dq = s_dev(q, nq * 4), *dout = s_poisoned(nq * 4);
+    uint16_t *dsinks = s_dev(sinks, (size_t)nh * 2);
+    const float sm = 1.0f / sqrtf((float)D);
+    g_cpu->attention(g_cpu, q, T, nh, &kvc, toks, ac->window, sinks, sm, want);
+    g_gpu->attention(g_gpu, dq, T, nh, &kvg, dtoks, ac->window, dsinks, sm, dout);
+    float *got = s_get(dout, nq * 4);
+    snprintf(what, sizeof what, "attention %s T=%d %dh/%dkv D=%d win=%d %s", ac->what, T, nh, nkv,
+             D, ac->window, ac->dtype == OPS_KV_F32 ? "f32" : "bf16");
+    s_cmp(what, got, want, nq, 1e-4);
+
+    free(got), free(q), free(want), free(sinks), free(k), free(v), free(gk), free(gv);
+    free(kc), free(vc), free(toks), free(gtoks), free(perm);
+    s_free(dq), s_free(dout), s_free(dsinks), s_free(dk), s_free(dv), s_free(dkc), s_free(dvc);
+    s_free(dtoks);
+    for (int s = 0; s < ac->n_seqs; s++)
+        free(tables[s]), s_free(dtables[s]);
+}
+
+static void s_test_attention(void) {
+    printf("kv_write, attention\n");
+    const s_attn_case_t cases[] = {
+        {64, 8, 64, 0, OPS_KV_F32, 1, {{3000, 1}}, "decode long"},
+        {64, 8, 64, 128, OPS_KV_F32, 1, {{3000, 1}}, "decode long window"},
+        {64, 8, 64, 0, OPS_KV_F32, 3, {{5, 1}, {700, 1}, {4095, 1}}, "decode 3 seqs"},
+        {64, 8, 64, 128, OPS_KV_F32, 3, {{5, 1}, {700, 1}, {4095, 1}}, "decode 3 seqs window"},
+        {64, 8, 64, 0, OPS_KV_F32, 2, {{100, 9}, {0, 8}}, "prefill 2 seqs"},
+        {64, 8, 64, 128, OPS_KV_F32, 1, {{0, 64}}, "prefill from 0 window"},
+        {64, 8, 64, 128, OPS_KV_F32, 1, {{200, 64}}, "chunked prefill window"},
+        {64, 8, 64, 0, OPS_KV_F32, 1, {{1000, 64}}, "chunked prefill full"},
+        {64, 8, 64, 0, OPS_KV_F32, 4, {{0, 1}, {50, 20}, {300, 1}, {7, 17}}, "mixed batch"},
+        {4, 2, 16, 8, OPS_KV_F32, 1, {{0, 17}}, "tiny-a shape window"},
+        {4, 2, 16, 0, OPS_KV_F32, 2, {{3, 3}, {30, 1}}, "tiny-a shape"},
+        {8, 8, 64, 0, OPS_KV_F32, 1, {{70, 17}}, "no GQA"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        s_attn_case_t c = cases[i];
+        s_test_attention_case(&c);
+        c.dtype = OPS_KV_BF16;
+        s_test_attention_case(&c);
+    }
+}
+
+/* ---- sampling ------------------------------------------------------------------------------ */
+
+static void s_test_sampling(void) {
+    printf("sampling\n");
+    /* the device hash is the CPU one */
+    const int nu = 4096;
+    uint64_t *seeds = malloc(nu * sizeof *seeds), *posv = malloc(nu * sizeof *posv);
+    for (int i = 0; i < nu; i++) {
+        seeds[i] = i < 64 ? (uint64_t)i : ((uint64_t)s_next() << 32 | s_next());
+        posv[i] = i < 64 ? (uint64_t)(i * 7) : (uint64_t)s_next();
+    }
+    uint64_t *dseeds = s_dev(seeds, nu * 8), *dpos = s_dev(posv, nu * 8);
+    double *du = s_poisoned(nu * 8);
+    ops_cuda_uniform(g_gpu, dseeds, dpos, nu, du);
+    double *gu = s_get(du, nu * 8);
+    int same = 0;
+    for (int i = 0; i < nu; i++)
+        same += memcmp(&gu[i], &(double){sampling_uniform(seeds[i], posv[i])}, 8) == 0;
+    printf("  %-58s %d / %d bit-exact\n", "uniform(seed, position)", same, nu);
+    CHECK(same == nu);
+    free(seeds), free(posv), free(gu);
+    s_free(dseeds), s_free(dpos), s_free(du);
+
+    /* argmax and top-k sampling against sampling_sample on vocabulary-sized rows */
+    const int V = 201088, R = 24;
+    const size_t stride = (size_t)V + 16;
+    float *lg = malloc((size_t)R * stride * sizeof(float));
+    for (int r = 0; r < R; r++) {
+        float *x = lg + (size_t)r * stride;
+        for (int i = 0; i < V; i++)
+            x[i] = s_unif() * 4.0f + (r % 3 == 0 ? (float)(s_next() % 3) : 0.0f);
+        x[(s_next() % V)] = 9.0f; /* a tie for the maximum: the lower id wins */
+        x[(s_next() % V)] = 9.0f;
+        x[s_next() % V] = NAN;
+        if (r == 5) x[1234] = INFINITY;
+    }
+    ops_cuda_sample_t *sp = calloc(R, sizeof *sp);
+    const int ks[] = {1, 5, 40, 64, 0, 3};
+    for (int r = 0; r < R; r++) {
+        sp[r].temperature = r % 6 == 0 ? 0.0 : 0.3 + 0.1 * (r % 7);
+        sp[r].top_k = ks[r % 6];
+        sp[r].top_p = r % 4 == 1 ? 0.8 : 1.0;
+        sp[r].min_p = r % 5 == 2 ? 0.05 : 0.0;
+        sp[r].seed = 1000u + (uint64_t)r * 77u;
+        sp[r].position = (uint64_t)r * 13u;
+    }
+    float *dlg = s_dev(lg, (size_t)R * stride * sizeof(float));
+    ops_cuda_sample_t *dsp = s_dev(sp, (size_t)R * sizeof *sp);
+    int32_t *dam = s_poisoned((size_t)R * 4), *dsm = s_poisoned((size_t)R * 4);
+    ops_cuda_argmax(g_gpu, dlg, R, V, stride, dam);
+    ops_cuda_sample(g_gpu, dlg, R, V, stride, dsp, dsm);
+    int32_t *gam = s_get(dam, (size_t)R * 4), *gsm = s_get(dsm, (size_t)R * 4);
+    sampling_ws_t *ws = sampling_ws_new();
+    int am_ok = 0, sm_ok = 0, sm_cpu = 0;
+    for (int r = 0; r < R; r++) {
+        sampling_params_t p;
+        sampling_params_init(&p);
+        p.temperature = 0.0;
+        sampling_result_t res;
+        gerr_t err = {{0}};
+        int rc = sampling_sample(&p, NULL, lg + (size_t)r * stride, V, 0, ws, &res, &err);
+        CHECK(rc == 0);
+        am_ok += gam[r] == res.token;
+        CHECK_MSG(gam[r] == res.token, "argmax row %d: gpu %d cpu %d", r, gam[r], res.token);
+        p.temperature = sp[r].temperature;
+        p.top_k = sp[r].top_k;
+        p.top_p = sp[r].top_p;
+        p.min_p = sp[r].min_p;
+        p.seed = sp[r].seed;
+        rc = sampling_sample(&p, NULL, lg + (size_t)r * stride, V, sp[r].position, ws, &res, &err);
+        CHECK(rc == 0);
+        const bool gpu_handles = p.temperature == 0.0 || (p.top_k >= 1 && p.top_k <= 64);
+        if (!gpu_handles) {
+            sm_cpu++;
+            CHECK_MSG(gsm[r] == -1, "sample row %d: top_k %d should be left to the CPU (got %d)", r,
+                      p.top_k, gsm[r]);
+            continue;
+        }
+        sm_ok += gsm[r] == res.token;
+        CHECK_MSG(gsm[r] == res.token,
+                  "sample row %d (T %.2f k %d p %.2f min_p %.2f): gpu %d cpu %d", r, p.temperature,
+                  p.top_k, p.top_p, p.min_p, gsm[r], res.token);
+    }
+    printf("  %-58s %d / %d\n", "argmax == sampling_sample(temperature 0)", am_ok, R);
+    printf("  %-58s %d / %d (%d left to the CPU)\n", "sample == sampling_sample", sm_ok, R - sm_cpu,
+           sm_cpu);
+    sampling_ws_destroy(&ws);
+    free(lg), free(sp), free(gam), free(gsm);
+    s_free(dlg), s_free(dsp), s_free(dam), s_free(dsm);
+}
+
+/* ---- CUDA graphs ------------------------------------------------------------------------------
+ */
+
+/* rmsnorm -> matmul -> residual add, captured once, replayed on new inputs written into the same
+ * buffers; must equal the CPU on those inputs. */
+static void s_test_graph(void) {
+    printf("graphs\n");
+    const int T = 3, H = 2880, N = 2880;
+    const size_t nx = (size_t)T * H;
+    uint16_t *w = s_bf16_rand((size_t)N * H, 0.1f), *g = s_bf16_rand((size_t)H, 1.0f);
+    uint16_t *dw = s_dev(w, (size_t)N * H * 2), *dg = s_dev(g, (size_t)H * 2);
+    float *dx = s_poisoned(nx * 4), *da = s_poisoned(nx * 4), *dy = s_poisoned(nx * 4);
+    ops_bf16_mat_t Wc = {.w = w, .stride = (size_t)H, .rows = N, .cols = H};
+    ops_bf16_mat_t Wg = Wc;
+    Wg.w = dw;
+    const int bucket = ops_cuda_graph_bucket(T);
+    CHECK(bucket == 2 && ops_cuda_graph_bucket(1) == 0 && ops_cuda_graph_bucket(8) == 3);
+    CHECK(!ops_cuda_graph_launch(g_gpu, bucket));
+    for (int round = 0; round < 3; round++) {
+        float *x = s_f32_rand(nx, 1.0f), *a = malloc(nx * 4), *y = malloc(nx * 4);
+        ops_cuda_upload(g_gpu, dx, x, nx * 4);
+        if (round == 0) { /* eager warm-up, then capture */
+            g_gpu->rmsnorm(g_gpu, dx, dg, T, H, 1e-5f, da);
+            g_gpu->matmul_bf16(g_gpu, da, T, &Wg, NULL, dy);
+            ops_cuda_sync(g_gpu);
+            ops_cuda_upload(g_gpu, dx, x, nx * 4);
+            ops_cuda_graph_begin(g_gpu, bucket);
+            g_gpu->rmsnorm(g_gpu, dx, dg, T, H, 1e-5f, da);
+            g_gpu->matmul_bf16(g_gpu, da, T, &Wg, NULL, dy);
+            g_gpu->add(g_gpu, dx, dy, nx);
+            ops_cuda_graph_end(g_gpu, bucket);
+        }
+        ops_cuda_memset(g_gpu, dy, 0xff, nx * 4);
+        CHECK(ops_cuda_graph_launch(g_gpu, bucket));
+        g_cpu->rmsnorm(g_cpu, x, g, T, H, 1e-5f, a);
+        g_cpu->matmul_bf16(g_cpu, a, T, &Wc, NULL, y);
+        g_cpu->add(g_cpu, x, y, nx);
+        float *got = s_get(dx, nx * 4);
+        char what[64];
+        snprintf(what, sizeof what, "graph replay %d (rmsnorm, matmul, add) T=%d", round, T);
+        s_cmp(what, got, x, nx, 1e-2);
+        free(got), free(x), free(a), free(y);
+    }
+    ops_cuda_graph_reset(g_gpu);
+    CHECK(!ops_cuda_graph_launch(g_gpu, bucket));
+    free(w), free(g);
+    s_free(dw), s_free(dg), s_free(dx), s_free(da), s_free(dy);
+}
+
+int main(void) {
+    if (ops_cuda_device_count() <= 0) {
+        printf("test_cuda_ops: skipped (no CUDA device)\n");
+        return 77;
+    }
+    gerr_t err = {{0}};
+    g_gpu = ops_cuda_new(0, &err);
+    if (!g_gpu) {
+        printf("test_cuda_ops: skipped (%s)\n", err.msg);
+        return 77;
+    }
+    if (ops_cpu_new(0, NULL, &g_cpu, &err) != 0) {
+        fprintf(stderr, "test_cuda_ops: %s\n", err.msg);
+        return 1;
+    }
+    printf("test_cuda_ops: %s vs %s\n", g_gpu->name, g_cpu->name);
+    s_test_matmul_bf16();
+    s_test_matmul_mxfp4();
+    s_test_elementwise();
+    s_test_router();
+    s_test_attention();
+    s_test_sampling();
+    s_test_graph();
+    ops_cuda_free(&g_gpu);
+    ops_cuda_free(&g_gpu); /* safe twice */
+    ops_cpu_free(&g_cpu);
+    return tcheck_done("test_cuda_ops");
+}
