@@ -41,16 +41,16 @@ void api_buf_free(api_buf_t *b);
 
 /* An API error: HTTP status plus the OpenAI fields. */
 typedef struct {
-    int status;       /* 400, 401, 404, 405, 413, 429, 500, 503 */
-    char type[32];    /* "invalid_request_error", "authentication_error", "server_error", ... */
-    char param[64];   /* the offending field, "" when none */
-    char code[32];    /* short machine code, "" when none */
+    int status;     /* 400, 401, 404, 405, 413, 429, 500, 503 */
+    char type[32];  /* "invalid_request_error", "authentication_error", "server_error", ... */
+    char param[64]; /* the offending field, "" when none */
+    char code[32];  /* short machine code, "" when none */
     char message[512];
 } api_error_t;
 
 /* Fills e (status, type from the status, param and code may be NULL) with a formatted message. */
-void api_error_set(api_error_t *e, int status, const char *param, const char *code,
-                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void api_error_set(api_error_t *e, int status, const char *param, const char *code, const char *fmt,
+                   ...) __attribute__((format(printf, 5, 6)));
 /* {"error":{"message","type","param","code"}} for e; caller frees. NULL when out of memory. */
 char *api_error_json(const api_error_t *e);
 

@@ -28,8 +28,8 @@
 #define API_MAX_STOP_LEN 256
 
 typedef struct {
-    char id[40];  /* "call_<hex>" */
-    char *name;   /* function name */
+    char id[40];    /* "call_<hex>" */
+    char *name;     /* function name */
     api_buf_t args; /* arguments JSON text as generated */
 } api_call_t;
 
@@ -57,9 +57,11 @@ static int s_parse_stops(const cJSON *body, api_job_t *job, api_error_t *e) {
     if (!st || cJSON_IsNull(st)) return 0;
     const cJSON *one[1] = {st};
     int n = 1;
-    if (cJSON_IsArray(st)) n = cJSON_GetArraySize(st);
+    if (cJSON_IsArray(st))
+        n = cJSON_GetArraySize(st);
     else if (!cJSON_IsString(st)) {
-        api_error_set(e, 400, "stop", "invalid_type", "stop: must be a string or a list of strings");
+        api_error_set(e, 400, "stop", "invalid_type",
+                      "stop: must be a string or a list of strings");
         return -1;
     }
     if (n > API_MAX_STOPS) {
@@ -69,8 +71,7 @@ static int s_parse_stops(const cJSON *body, api_job_t *job, api_error_t *e) {
     }
     for (int i = 0; i < n; i++) {
         const cJSON *s = cJSON_IsArray(st) ? cJSON_GetArrayItem(st, i) : one[0];
-        if (!cJSON_IsString(s) || !s->valuestring[0] ||
-            strlen(s->valuestring) > API_MAX_STOP_LEN) {
+        if (!cJSON_IsString(s) || !s->valuestring[0] || strlen(s->valuestring) > API_MAX_STOP_LEN) {
             api_error_set(e, 400, "stop", "invalid_value",
                           "stop[%d]: must be a non-empty string of at most %d bytes", i,
                           API_MAX_STOP_LEN);
@@ -288,7 +289,8 @@ int api_job_from_chat(const cJSON *body, const api_limits_t *lim, const tokenize
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(body, "tool_choice");
     if (tc && !cJSON_IsNull(tc)) {
         if (cJSON_IsString(tc)) {
-            if (strcmp(tc->valuestring, "none") == 0) drop_tools = true;
+            if (strcmp(tc->valuestring, "none") == 0)
+                drop_tools = true;
             else if (strcmp(tc->valuestring, "auto") != 0 &&
                      strcmp(tc->valuestring, "required") != 0) {
                 api_error_set(e, 400, "tool_choice", "invalid_value",
@@ -349,17 +351,19 @@ int api_job_from_chat(const cJSON *body, const api_limits_t *lim, const tokenize
     bool effort_given = (eff && !cJSON_IsNull(eff)) ||
                         (cJSON_IsObject(reas) && cJSON_GetObjectItemCaseSensitive(reas, "effort"));
     if (!effort_given && lim->default_reasoning) {
-        if (strcmp(lim->default_reasoning, "low") == 0) conv->effort = HARMONY_EFFORT_LOW;
-        else if (strcmp(lim->default_reasoning, "high") == 0) conv->effort = HARMONY_EFFORT_HIGH;
-        else conv->effort = HARMONY_EFFORT_MEDIUM;
+        if (strcmp(lim->default_reasoning, "low") == 0)
+            conv->effort = HARMONY_EFFORT_LOW;
+        else if (strcmp(lim->default_reasoning, "high") == 0)
+            conv->effort = HARMONY_EFFORT_HIGH;
+        else
+            conv->effort = HARMONY_EFFORT_MEDIUM;
     }
     tok_ids_t ids = {0};
     rc = harmony_render_ids(conv, tok, &ids, &ge);
     harmony_conv_free(&conv);
     if (rc < 0) {
         tok_ids_free(&ids);
-        api_error_set(e, rc == GERR_NOMEM ? 500 : 400, "messages", "invalid_value", "%s",
-                      ge.msg);
+        api_error_set(e, rc == GERR_NOMEM ? 500 : 400, "messages", "invalid_value", "%s", ge.msg);
         return -1;
     }
     api_job_t *job;
@@ -386,8 +390,8 @@ int api_job_from_chat(const cJSON *body, const api_limits_t *lim, const tokenize
 }
 
 /* Reads the completions prompt (string, ids, or a list of one of them) into ids. */
-static int s_completion_prompt(const cJSON *body, const tokenizer_t *tok, int vocab,
-                               tok_ids_t *ids, api_error_t *e) {
+static int s_completion_prompt(const cJSON *body, const tokenizer_t *tok, int vocab, tok_ids_t *ids,
+                               api_error_t *e) {
     const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
     if (cJSON_IsArray(p) && cJSON_GetArraySize(p) == 1) {
         const cJSON *first = cJSON_GetArrayItem(p, 0);
@@ -489,8 +493,8 @@ static void s_oom(api_job_t *job) {
 static cJSON *s_chunk_new(api_job_t *job, cJSON **choices) {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "id", job->id);
-    cJSON_AddStringToObject(root, "object", job->kind == API_KIND_CHAT ? "chat.completion.chunk"
-                                                                       : "text_completion");
+    cJSON_AddStringToObject(
+        root, "object", job->kind == API_KIND_CHAT ? "chat.completion.chunk" : "text_completion");
     cJSON_AddNumberToObject(root, "created", (double)job->created);
     cJSON_AddStringToObject(root, "model", job->model);
     *choices = cJSON_AddArrayToObject(root, "choices");
@@ -577,8 +581,10 @@ static void s_emit_choice(api_choice_t *c, cJSON *delta, const char *text, size_
         free(t);
     }
     s_attach_logprobs(c, co, false);
-    if (finish) cJSON_AddStringToObject(co, "finish_reason", finish);
-    else cJSON_AddNullToObject(co, "finish_reason");
+    if (finish)
+        cJSON_AddStringToObject(co, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(co, "finish_reason");
     cJSON_AddItemToArray(choices, co);
     if (finish && job->n_finished == job->n_choices) {
         /* the last finish chunk carries the llama.cpp-style timings */
@@ -609,8 +615,7 @@ static void s_choice_finish(api_choice_t *c, const char *reason);
 static void s_content_progress(api_choice_t *c, bool final) {
     api_job_t *job = c->job;
     if (job->n_stops) {
-        long at = api_stop_find(c->content.p, c->content.len, c->scanned, job->stops,
-                                job->n_stops);
+        long at = api_stop_find(c->content.p, c->content.len, c->scanned, job->stops, job->n_stops);
         if (at >= 0) {
             c->content.len = (size_t)at;
             c->content.p[at] = '\0';
@@ -704,8 +709,10 @@ static void s_hev(const harmony_event_t *ev, void *user) {
             s_emit_choice(c, d, NULL, 0, NULL);
         }
     } else {
-        if (api_buf_put(&c->content, ev->text, ev->len) < 0) s_oom(job);
-        else s_content_progress(c, false);
+        if (api_buf_put(&c->content, ev->text, ev->len) < 0)
+            s_oom(job);
+        else
+            s_content_progress(c, false);
     }
 }
 
@@ -851,17 +858,20 @@ static void s_finish(api_job_t *job, api_choice_t *c, const gw_event_t *ev) {
         ev->finish == GW_FINISH_NONE) {
         bool timeout = ev->finish == GW_FINISH_TIMEOUT;
         api_job_fail(job, timeout ? 503 : 500, timeout ? "timeout" : "inference_failed",
-                     ev->message[0] ? ev->message
-                                    : (timeout ? "the request's time limit passed"
-                                               : "inference failed"));
+                     ev->message[0]
+                         ? ev->message
+                         : (timeout ? "the request's time limit passed" : "inference failed"));
         return;
     }
     s_choice_flush(job, c);
     if (c->finish) return; /* a stop string matched in the flushed text */
     const char *reason = "stop";
-    if (ev->finish == GW_FINISH_LENGTH) reason = "length";
-    else if (ev->finish == GW_FINISH_CANCELLED) reason = "abort";
-    else if (c->n_calls > 0) reason = "tool_calls";
+    if (ev->finish == GW_FINISH_LENGTH)
+        reason = "length";
+    else if (ev->finish == GW_FINISH_CANCELLED)
+        reason = "abort";
+    else if (c->n_calls > 0)
+        reason = "tool_calls";
     s_choice_finish(c, reason);
 }
 
@@ -880,8 +890,10 @@ int api_job_feed(api_job_t *job, const gw_event_t *ev, size_t n) {
         if (ev[i].choice < 0 || ev[i].choice >= job->n_choices) continue;
         api_choice_t *c = &job->choices[ev[i].choice];
         if (c->finish) continue;
-        if (ev[i].kind == GW_EV_TOKEN) s_token(job, c, &ev[i]);
-        else if (ev[i].kind == GW_EV_FINISH) s_finish(job, c, &ev[i]);
+        if (ev[i].kind == GW_EV_TOKEN)
+            s_token(job, c, &ev[i]);
+        else if (ev[i].kind == GW_EV_FINISH)
+            s_finish(job, c, &ev[i]);
         if (job->out.oom) s_oom(job);
         if (job->failed && !job->done) {
             job->want_cancel = true;
@@ -931,8 +943,10 @@ char *api_job_response(api_job_t *job, int *status) {
         if (job->kind == API_KIND_CHAT) {
             cJSON *m = cJSON_AddObjectToObject(co, "message");
             cJSON_AddStringToObject(m, "role", "assistant");
-            if (c->content.len == 0 && c->n_calls > 0) cJSON_AddNullToObject(m, "content");
-            else cJSON_AddStringToObject(m, "content", c->content.p ? c->content.p : "");
+            if (c->content.len == 0 && c->n_calls > 0)
+                cJSON_AddNullToObject(m, "content");
+            else
+                cJSON_AddStringToObject(m, "content", c->content.p ? c->content.p : "");
             if (c->reasoning.len) cJSON_AddStringToObject(m, "reasoning_content", c->reasoning.p);
             if (c->n_calls) {
                 cJSON *tcs = cJSON_AddArrayToObject(m, "tool_calls");

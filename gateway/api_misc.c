@@ -11,11 +11,16 @@
 /* Same names as sched_state_name; kept here so that this file needs no scheduler object. */
 static const char *s_state_name(sched_state_t st) {
     switch (st) {
-    case SCHED_STATE_LOADING: return "loading";
-    case SCHED_STATE_READY: return "ready";
-    case SCHED_STATE_DRAINING: return "draining";
-    case SCHED_STATE_DEGRADED: return "degraded";
-    case SCHED_STATE_STOPPED: return "stopped";
+    case SCHED_STATE_LOADING:
+        return "loading";
+    case SCHED_STATE_READY:
+        return "ready";
+    case SCHED_STATE_DRAINING:
+        return "draining";
+    case SCHED_STATE_DEGRADED:
+        return "degraded";
+    case SCHED_STATE_STOPPED:
+        return "stopped";
     }
     return "unknown";
 }
@@ -96,11 +101,10 @@ char *api_tokenize(const cJSON *body, const tokenizer_t *tok, api_error_t *e) {
 }
 
 char *api_detokenize(const cJSON *body, const tokenizer_t *tok, api_error_t *e) {
-    const cJSON *arr = cJSON_IsObject(body) ? cJSON_GetObjectItemCaseSensitive(body, "tokens")
-                                            : NULL;
+    const cJSON *arr =
+        cJSON_IsObject(body) ? cJSON_GetObjectItemCaseSensitive(body, "tokens") : NULL;
     if (!cJSON_IsArray(arr)) {
-        api_error_set(e, 400, "tokens", "invalid_value",
-                      "tokens: required, an array of token ids");
+        api_error_set(e, 400, "tokens", "invalid_value", "tokens: required, an array of token ids");
         return NULL;
     }
     int n = cJSON_GetArraySize(arr), vocab = tok_vocab_size(tok), i = 0;
@@ -147,8 +151,8 @@ static void s_add_shards(cJSON *root, const sched_stats_t *st) {
         cJSON_AddBoolToObject(o, "up", sh->up);
         cJSON_AddNumberToObject(o, "heartbeat_age_s", sh->heartbeat_age_s);
         cJSON_AddNumberToObject(o, "restarts", sh->restarts);
-        char *le = api_utf8_repair(sh->last_error, strnlen(sh->last_error, sizeof sh->last_error),
-                                   NULL);
+        char *le =
+            api_utf8_repair(sh->last_error, strnlen(sh->last_error, sizeof sh->last_error), NULL);
         cJSON_AddStringToObject(o, "last_error", le ? le : "");
         free(le);
         cJSON_AddItemToArray(arr, o);
@@ -157,9 +161,8 @@ static void s_add_shards(cJSON *root, const sched_stats_t *st) {
 
 static void s_add_state(cJSON *root, const sched_stats_t *st) {
     cJSON_AddStringToObject(root, "status", s_state_name(st->state));
-    char *m = api_utf8_repair(st->state_message, strnlen(st->state_message,
-                                                         sizeof st->state_message),
-                              NULL);
+    char *m = api_utf8_repair(st->state_message,
+                              strnlen(st->state_message, sizeof st->state_message), NULL);
     if (m && m[0]) cJSON_AddStringToObject(root, "message", m);
     free(m);
 }
@@ -191,8 +194,7 @@ char *api_ready(const sched_stats_t *st, int *status) {
                       "not ready: the self-test generation has not passed yet");
     else
         api_error_set(&e, 503, NULL, "not_ready", "not ready: state %s%s%.300s",
-                      s_state_name(st->state), st->state_message[0] ? ": " : "",
-                      st->state_message);
+                      s_state_name(st->state), st->state_message[0] ? ": " : "", st->state_message);
     return api_error_json(&e);
 }
 

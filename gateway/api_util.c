@@ -44,18 +44,25 @@ void api_buf_free(api_buf_t *b) {
 
 static const char *s_error_type(int status) {
     switch (status) {
-    case 401: return "authentication_error";
-    case 404: return "not_found_error";
-    case 413: return "request_too_large";
-    case 429: return "rate_limit_error";
-    case 500: return "server_error";
-    case 503: return "service_unavailable";
-    default: return "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 404:
+        return "not_found_error";
+    case 413:
+        return "request_too_large";
+    case 429:
+        return "rate_limit_error";
+    case 500:
+        return "server_error";
+    case 503:
+        return "service_unavailable";
+    default:
+        return "invalid_request_error";
     }
 }
 
-void api_error_set(api_error_t *e, int status, const char *param, const char *code,
-                   const char *fmt, ...) {
+void api_error_set(api_error_t *e, int status, const char *param, const char *code, const char *fmt,
+                   ...) {
     if (!e) return;
     memset(e, 0, sizeof *e);
     e->status = status;
@@ -103,15 +110,24 @@ static size_t s_utf8_len(const unsigned char *s, size_t n) {
     if (c < 0x80) return c ? 1 : 0;
     size_t len;
     unsigned lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) len = 2;
-    else if (c == 0xE0) len = 3, lo = 0xA0;
-    else if (c >= 0xE1 && c <= 0xEC) len = 3;
-    else if (c == 0xED) len = 3, hi = 0x9F;
-    else if (c >= 0xEE && c <= 0xEF) len = 3;
-    else if (c == 0xF0) len = 4, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) len = 4;
-    else if (c == 0xF4) len = 4, hi = 0x8F;
-    else return 0;
+    if (c >= 0xC2 && c <= 0xDF)
+        len = 2;
+    else if (c == 0xE0)
+        len = 3, lo = 0xA0;
+    else if (c >= 0xE1 && c <= 0xEC)
+        len = 3;
+    else if (c == 0xED)
+        len = 3, hi = 0x9F;
+    else if (c >= 0xEE && c <= 0xEF)
+        len = 3;
+    else if (c == 0xF0)
+        len = 4, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3)
+        len = 4;
+    else if (c == 0xF4)
+        len = 4, hi = 0x8F;
+    else
+        return 0;
     if (n < len) return 0;
     if (s[1] < lo || s[1] > hi) return 0;
     for (size_t i = 2; i < len; i++)
@@ -239,8 +255,8 @@ int api_get_int(const cJSON *obj, const char *key, long long lo, long long hi, l
         return -1;
     }
     if (d < (double)lo || d > (double)hi) {
-        api_error_set(e, 400, key, "invalid_value", "%s: %.0f is out of range [%lld, %lld]", key,
-                      d, lo, hi);
+        api_error_set(e, 400, key, "invalid_value", "%s: %.0f is out of range [%lld, %lld]", key, d,
+                      lo, hi);
         return -1;
     }
     *out = (long long)d;

@@ -16,8 +16,8 @@
 #define METRICS_MAX_ENDPOINTS 64
 
 /* Latency buckets in seconds, from sub-millisecond inter-token gaps to long generations. */
-static const double s_buckets[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1,
-                                   0.25,  0.5,    0.75,  1.0,  2.5,   5.0,  7.5,   10.0,
+static const double s_buckets[] = {0.001, 0.0025, 0.005, 0.01,  0.025, 0.05, 0.075, 0.1,
+                                   0.25,  0.5,    0.75,  1.0,   2.5,   5.0,  7.5,   10.0,
                                    20.0,  40.0,   80.0,  160.0, 320.0, 640.0};
 #define METRICS_NBUCKETS (sizeof s_buckets / sizeof s_buckets[0])
 
