@@ -37,6 +37,7 @@ struct control {
     atomic_int stop;
     control_handlers_t h;
     char endpoint[1024]; /* as bound (ZMQ_LAST_ENDPOINT) */
+    char ipc_path[128];  /* the socket file to remove at stop ("" for tcp) */
 };
 
 typedef enum {
@@ -317,7 +318,7 @@ char *control_handle_message(const control_handlers_t *h, const void *data, size
         return text;
     }
     if (cmd != S_CMD_COUNT)
-        LOG_WARN("control", "%s: %s", s_cmds[cmd].name, err.msg);
+        LOG_WARN("control", "%s refused: %s", s_cmds[cmd].name, err.msg);
     else
         LOG_WARN("control", "refused a request: %s", err.msg);
     return s_error_reply(err.msg);
@@ -534,6 +535,10 @@ static void s_close(control_t *c) {
         }
     }
     c->ctx = NULL;
+    /* ZeroMQ leaves the socket file behind; remove it unless someone else serves it now */
+    if (c->ipc_path[0] && s_ipc_prepare(c->ipc_path, NULL) == 0 && unlink(c->ipc_path) != 0 &&
+        errno != ENOENT)
+        LOG_WARN("control", "remove %s: %s", c->ipc_path, strerror(errno));
 }
 
 int control_start(const char *endpoint, const control_handlers_t *h, control_t **out, gerr_t *err) {
@@ -597,6 +602,7 @@ int control_start(const char *endpoint, const control_handlers_t *h, control_t *
         gerr_set(err, "control socket %s: bind failed: %s", endpoint, zmq_strerror(errno));
         goto fail;
     }
+    if (ipc) snprintf(c->ipc_path, sizeof c->ipc_path, "%s", path);
     if (ipc && chmod(path, 0600) != 0) {
         gerr_set(err, "control socket %s: chmod 0600: %s", path, strerror(errno));
         goto fail;
