@@ -1306,9 +1306,10 @@ void sched_cancel(sched_t *s, uint64_t id) {
 
 int sched_cancel_by_name(sched_t *s, const char *id_str) {
     uint64_t id = 0;
+    if (!id_str || !*id_str) return -1;
     pthread_mutex_lock(&s->mu);
     for (int i = 0; i < s->n_live; i++)
-        if (id_str && strcmp(s->live[i].id_str, id_str) == 0) {
+        if (strcmp(s->live[i].id_str, id_str) == 0) {
             id = s->live[i].id;
             break;
         }

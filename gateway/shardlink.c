@@ -187,9 +187,14 @@ void shardlink_free(shardlink_t **psl, double grace_s) {
     if (!psl || !*psl) return;
     shardlink_t *sl = *psl;
     if (sl->router) {
-        for (int r = 0; r < sl->o.n_shards; r++)
-            if (sl->sh[r].pid > 0 && sl->sh[r].state >= SHARDLINK_LOADING)
-                (void)s_send_rank(sl, r, PROTO_SHUTDOWN, 0, NULL, 0);
+        for (int r = 0; r < sl->o.n_shards; r++) {
+            shardlink_shard_t *s = &sl->sh[r];
+            if (s->pid <= 0) continue;
+            /* a shard that has not said HELLO cannot be reached over the socket yet */
+            if (s->state < SHARDLINK_LOADING || s_send_rank(sl, r, PROTO_SHUTDOWN, 0, NULL, 0))
+                if (kill(s->pid, SIGTERM) != 0 && errno != ESRCH)
+                    LOG_WARN("shards", "shard %d: kill(SIGTERM): %s", r, strerror(errno));
+        }
     }
     double until = gw_now() + grace_s;
     for (int r = 0; r < sl->o.n_shards; r++) {

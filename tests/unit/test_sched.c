@@ -526,6 +526,35 @@ static void test_load_error(void) {
     rmdir(dir);
 }
 
+/* Freed while its shard is starting: refused while loading, no child left behind. */
+static void test_free_while_loading(void) {
+    sched_opts_t o = s_opts();
+    sched_t *s = NULL;
+    gerr_t err = {{0}};
+    CHECK(sched_new(&o, &s, &err) == 0);
+    if (!s) return;
+    run_t run;
+    int rc = s_submit(s, s_req(g_cases[0].input, 5, 2, 0, 0, 1), &run, &err);
+    sched_stats_t st;
+    sched_snapshot(s, &st);
+    if (st.state == SCHED_STATE_LOADING) {
+        CHECK(rc == GERR_IO && strstr(err.msg, "loading") != NULL);
+    } else if (rc == 0) {
+        s_wait(&run, 30);
+        s_run_done(&run);
+    }
+    int pid = 0;
+    for (int i = 0; i < 500 && !pid; i++) {
+        sched_snapshot(s, &st);
+        pid = st.shards[0].pid;
+        if (!pid) usleep(1000);
+    }
+    CHECK(pid > 0);
+    sched_free(&s);
+    int status;
+    CHECK(waitpid(pid, &status, WNOHANG) < 0 && errno == ECHILD);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     test_kvalloc_twin();
@@ -544,6 +573,7 @@ int main(void) {
     test_sampling_cancel_queue();
     test_shard_restart();
     test_load_error();
+    test_free_while_loading();
     rmdir(g_run_dir);
     return tcheck_done("test_sched");
 }
