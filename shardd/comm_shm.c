@@ -639,6 +639,8 @@ int comm_shm_new(const char *name, int rank, int world, const comm_shm_opts_t *o
     s_ring(h);
     if (!(rc = s_aborted(h, err))) rc = s_wait(s, 1, o.attach_timeout_ms, "attach", err);
     if (rc) {
+        if (err && strncmp(err->msg, "comm: ", 6) == 0) /* one "comm: " in front */
+            memmove(err->msg, err->msg + 6, strlen(err->msg + 6) + 1);
         gerr_prefix(err, "comm: joining %s as rank %d of %d", name, rank, world);
         s_destroy(&s->c);
         return rc;
