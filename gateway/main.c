@@ -7,6 +7,7 @@
  *                  [--max-queue N] [--max-batch-tokens N] [--threads N] [--model-name NAME]
  *                  [--reasoning-effort low|medium|high] [--default-max-tokens N]
  *                  [--max-context N] [--shards N] [--shardd PATH] [--shutdown-grace S]
+ *                  [--control ENDPOINT]
  *
  * Signals are blocked in every thread and taken by the main thread with
  * sigtimedwait, so no handler runs at an arbitrary point. Shutdown is graceful:
@@ -15,6 +16,9 @@
  * shards get SHUTDOWN (SIGKILL after a grace period), and a run dir this process
  * created is removed. If the gateway dies instead, the shards exit on their own
  * when its heartbeats stop (PROTOCOL.md), so no shard outlives it for long.
+ *
+ * The control socket (control.h; default ipc://RUN/control.ipc) answers status,
+ * stats, drain, resume and shutdown; the other commands are not supported yet.
  *
  * Not here: HTTP handling (http.c), scheduling (sched.c). */
 #include <errno.h>
@@ -28,6 +32,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <stdatomic.h>
+
+#include "control.h"
 #include "gerr.h"
 #include "gw.h"
 #include "http.h"
@@ -38,6 +45,7 @@
 
 typedef struct {
     const char *model, *host, *api_key, *run_dir, *kv_dtype, *model_name, *reasoning, *shardd;
+    const char *control; /* control socket endpoint (default ipc://RUN/control.ipc) */
     int port, max_running, max_queue, max_batch_tokens, threads, default_max_tokens;
     int max_context, shards;
     double kv_gib, shutdown_grace;
@@ -50,6 +58,7 @@ static int s_usage(void) {
             "         [--max-queue N] [--max-batch-tokens N] [--threads N] [--model-name NAME]\n"
             "         [--reasoning-effort low|medium|high] [--default-max-tokens N]\n"
             "         [--max-context N] [--shards N] [--shardd PATH] [--shutdown-grace S]\n"
+            "         [--control ipc://PATH | tcp://127.0.0.1:PORT]\n"
             "  --api-key defaults to $GPTOSS_API_KEY; --run-dir to a fresh /tmp/gptoss-<pid>\n");
     return 2;
 }
@@ -135,6 +144,8 @@ static int s_parse(int argc, char **argv, s_args_t *a) {
             bad = s_int(o, v, 1, SCHED_MAX_SHARDS, &a->shards);
         else if (strcmp(o, "--shardd") == 0)
             a->shardd = v;
+        else if (strcmp(o, "--control") == 0)
+            a->control = v;
         else if (strcmp(o, "--shutdown-grace") == 0)
             bad = s_double(o, v, 0, 3600, &a->shutdown_grace);
         else {
@@ -146,6 +157,78 @@ static int s_parse(int argc, char **argv, s_args_t *a) {
     if (!a->model) {
         fprintf(stderr, "gptoss-gateway: --model DIR is required\n");
         return -1;
+    }
+    return 0;
+}
+
+/* ---- control socket handlers (run on the control thread) ---- */
+
+static atomic_bool s_stop_now; /* shutdown {"graceful": false}: skip the drain */
+
+static int s_ctl_status(void *user, cJSON *reply, gerr_t *err) {
+    sched_stats_t st;
+    sched_snapshot(user, &st);
+    cJSON *shards = cJSON_AddArrayToObject(reply, "shards");
+    if (!cJSON_AddStringToObject(reply, "state", sched_state_name(st.state)) ||
+        !cJSON_AddStringToObject(reply, "message", st.state_message) ||
+        !cJSON_AddBoolToObject(reply, "ready_checked", st.ready_checked) ||
+        !cJSON_AddNumberToObject(reply, "uptime_s", st.uptime_s) || !shards)
+        goto nomem;
+    for (int r = 0; r < st.n_shards; r++) {
+        cJSON *o = cJSON_CreateObject();
+        if (!o || !cJSON_AddItemToArray(shards, o)) {
+            cJSON_Delete(o);
+            goto nomem;
+        }
+        const sched_shard_stats_t *sh = &st.shards[r];
+        if (!cJSON_AddNumberToObject(o, "rank", sh->rank) ||
+            !cJSON_AddNumberToObject(o, "pid", sh->pid) ||
+            !cJSON_AddBoolToObject(o, "up", sh->up) ||
+            !cJSON_AddNumberToObject(o, "heartbeat_age_s", sh->heartbeat_age_s) ||
+            !cJSON_AddNumberToObject(o, "restarts", sh->restarts) ||
+            !cJSON_AddStringToObject(o, "last_error", sh->last_error))
+            goto nomem;
+    }
+    return 0;
+nomem:
+    gerr_set(err, "out of memory");
+    return GERR_NOMEM;
+}
+
+static int s_ctl_stats(void *user, cJSON *reply, gerr_t *err) {
+    sched_stats_t st;
+    sched_snapshot(user, &st);
+    if (!cJSON_AddNumberToObject(reply, "requests_total", (double)st.requests_total) ||
+        !cJSON_AddNumberToObject(reply, "requests_finished", (double)st.requests_finished) ||
+        !cJSON_AddNumberToObject(reply, "prompt_tokens", (double)st.prompt_tokens_total) ||
+        !cJSON_AddNumberToObject(reply, "generated_tokens", (double)st.generated_tokens_total) ||
+        !cJSON_AddNumberToObject(reply, "tokens_per_s", st.tokens_per_s) ||
+        !cJSON_AddNumberToObject(reply, "running", st.running) ||
+        !cJSON_AddNumberToObject(reply, "waiting", st.waiting) ||
+        !cJSON_AddNumberToObject(reply, "kv_blocks_total", st.kv_blocks_total) ||
+        !cJSON_AddNumberToObject(reply, "kv_blocks_used", st.kv_blocks_used) ||
+        !cJSON_AddNumberToObject(reply, "max_context", st.max_context)) {
+        gerr_set(err, "out of memory");
+        return GERR_NOMEM;
+    }
+    return s_ctl_status(user, reply, err);
+}
+
+static int s_ctl_drain(void *user, cJSON *reply, gerr_t *err) {
+    sched_drain(user);
+    return 0;
+}
+
+static int s_ctl_resume(void *user, cJSON *reply, gerr_t *err) {
+    sched_resume(user);
+    return 0;
+}
+
+static int s_ctl_shutdown(void *user, bool graceful, cJSON *reply, gerr_t *err) {
+    if (!graceful) atomic_store(&s_stop_now, true);
+    if (kill(getpid(), SIGTERM) != 0) {
+        gerr_set(err, "cannot signal the gateway: %s", strerror(errno));
+        return GERR_IO;
     }
     return 0;
 }
@@ -202,6 +285,7 @@ int main(int argc, char **argv) {
     tokenizer_t *tok = NULL;
     sched_t *sched = NULL;
     http_t *http = NULL;
+    control_t *ctl = NULL;
     if (tok_load(a.model, &tok, &err) != 0) {
         LOG_WARN("main", "no tokenizer (%s): text endpoints answer 503; token-id prompts work",
                  err.msg);
@@ -238,6 +322,19 @@ int main(int argc, char **argv) {
         fprintf(stderr, "gptoss-gateway: %s\n", err.msg);
         goto out;
     }
+    char ctl_ep[PATH_MAX + 32];
+    snprintf(ctl_ep, sizeof ctl_ep, "ipc://%s/%s", run_dir, CONTROL_SOCKET_NAME);
+    control_handlers_t ch = {.user = sched,
+                             .status = s_ctl_status,
+                             .stats = s_ctl_stats,
+                             .drain = s_ctl_drain,
+                             .resume = s_ctl_resume,
+                             .shutdown = s_ctl_shutdown};
+    if (control_start(a.control ? a.control : ctl_ep, &ch, &ctl, &err) != 0) {
+        fprintf(stderr, "gptoss-gateway: control socket: %s\n", err.msg);
+        goto out;
+    }
+    LOG_INFO("main", "control socket on %s", control_endpoint(ctl));
     fprintf(stderr, "gptoss-gateway: listening on http://%s:%d\n", a.host, http_port(http));
 
     int sig = 0;
@@ -246,7 +343,7 @@ int main(int argc, char **argv) {
     LOG_INFO("main", "signal %d: draining (up to %.0f s; a second signal stops at once)", sig,
              a.shutdown_grace);
     sched_drain(sched);
-    double until = gw_now() + a.shutdown_grace;
+    double until = atomic_load(&s_stop_now) ? 0 : gw_now() + a.shutdown_grace;
     for (;;) {
         sched_stats_t st;
         sched_snapshot(sched, &st);
@@ -263,6 +360,7 @@ int main(int argc, char **argv) {
     }
     status = 0;
 out:
+    control_stop(&ctl);
     http_free(&http);
     sched_free(&sched);
     tok_free(&tok);
