@@ -50,7 +50,7 @@ static proto_seq_t *s_random_step(uint32_t n, int32_t **pool) {
         q->temperature = s_randf();
         q->top_p = s_randf();
         q->min_p = s_randf();
-        q->top_k = (int32_t)s_rand() - (1 << 20);
+        q->top_k = (int32_t)(s_rand() ^ 0x80000000u);
         q->frequency_penalty = s_randf();
         q->presence_penalty = s_randf();
         q->repetition_penalty = s_randf();
@@ -60,7 +60,7 @@ static proto_seq_t *s_random_step(uint32_t n, int32_t **pool) {
         for (int a = 0; a < 3; a++) {
             arrs[a] = p;
             for (uint32_t k = 0; k < counts[i][a]; k++)
-                *p++ = (int32_t)s_rand() - (1 << 30);
+                *p++ = (int32_t)(s_rand() ^ 0x40000000u);
         }
         q->tokens = arrs[0];
         q->full = arrs[1];
@@ -273,7 +273,7 @@ static void test_result(void) {
         proto_sample_t *in = calloc(n ? n : 1, sizeof *in);
         for (uint32_t i = 0; i < n; i++) {
             in[i].slot = s_rand();
-            in[i].token = (int32_t)s_rand() - 5;
+            in[i].token = (int32_t)(s_rand() - 5u);
             in[i].logprob = -s_randf();
             in[i].n_top = s_rand() % 21;
             for (uint32_t k = 0; k < in[i].n_top; k++) {
