@@ -758,12 +758,11 @@ int http_new(const http_opts_t *opts, sched_t *sched, const tokenizer_t *tok, ht
         return GERR_IO;
     }
     pthread_condattr_destroy(&ca);
-    h->d = MHD_start_daemon(flags, (uint16_t)h->o.port, NULL, NULL, s_access, h,
-                            MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_THREAD_POOL_SIZE,
-                            (unsigned)h->o.threads, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)h->o.connection_limit, MHD_OPTION_CONNECTION_TIMEOUT,
-                            (unsigned)HTTP_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_COMPLETED, s_completed,
-                            h, MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, h, MHD_OPTION_END);
+    h->d = MHD_start_daemon(
+        flags, (uint16_t)h->o.port, NULL, NULL, s_access, h, MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log,
+        h, MHD_OPTION_SOCK_ADDR, sa, MHD_OPTION_THREAD_POOL_SIZE, (unsigned)h->o.threads,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)h->o.connection_limit, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)HTTP_IDLE_TIMEOUT_S, MHD_OPTION_NOTIFY_COMPLETED, s_completed, h, MHD_OPTION_END);
     if (!h->d) {
         gerr_set(err, "cannot listen on %s:%d (address in use, or not allowed?)", h->o.bind_addr,
                  h->o.port);
