@@ -367,6 +367,8 @@ static void s_seq_finish(sched_t *s, seq_t *q, gw_finish_t why, const char *msg)
         s_q_remove(s, q);
     }
     q->st = SEQ_DONE;
+    for (int i = 0; i < s->n_entries; i++) /* the step in flight must not touch q again */
+        if (s->entries[i].seq == q) s->entries[i].seq = NULL;
     rq_t *r = q->rq;
     gw_event_t ev = {.kind = GW_EV_FINISH, .choice = q->choice, .finish = why};
     if (msg) s_copy(ev.message, sizeof ev.message, msg);
@@ -669,7 +671,7 @@ static void s_apply_step(sched_t *s) {
          * this is a bug or a mismatched shard; never a made-up answer) */
         for (int i = 0; i < s->n_entries; i++) {
             entry_t *e = &s->entries[i];
-            if (e->seq->uid == e->uid && e->seq->st == SEQ_RUNNING)
+            if (e->seq && e->seq->uid == e->uid && e->seq->st == SEQ_RUNNING)
                 s_seq_finish(s, e->seq, GW_FINISH_ERROR, s->step_error);
         }
         s->n_entries = 0;
@@ -683,7 +685,7 @@ static void s_apply_step(sched_t *s) {
         const proto_sample_t *sm = NULL;
         if (k < s->n_samples && s->samples[k].slot == (uint32_t)e->slot) sm = &s->samples[k++];
         seq_t *q = e->seq;
-        if (q->uid != e->uid || q->st != SEQ_RUNNING) continue; /* finished meanwhile */
+        if (!q || q->uid != e->uid || q->st != SEQ_RUNNING) continue; /* finished meanwhile */
         if (!sm) {
             s_seq_finish(s, q, GW_FINISH_ERROR, "the shard returned no token for this sequence");
             continue;
@@ -825,7 +827,9 @@ static void s_build_and_send(sched_t *s) {
     gerr_t err = {{0}};
     if (proto_step_encode(s->pseqs, (uint32_t)s->n_entries, &s->buf) != 0) {
         for (int i = s->n_entries - 1; i >= 0; i--)
-            s_seq_finish(s, s->entries[i].seq, GW_FINISH_ERROR, "out of memory encoding a step");
+            if (s->entries[i].seq)
+                s_seq_finish(s, s->entries[i].seq, GW_FINISH_ERROR,
+                             "out of memory encoding a step");
         s->n_entries = 0;
         return;
     }
