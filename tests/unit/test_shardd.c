@@ -23,8 +23,13 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "cpu/ops_cpu.h"
+#include "engine.h"
+#include "kvcache.h"
 #include "proto.h"
+#include "sampling.h"
 #include "tcheck.h"
+#include "weights.h"
 
 #define S_MAX_CHILDREN 16
 
@@ -511,6 +516,240 @@ out:
     zmq_close(r);
 }
 
+/* Sends a STEP of n sequences; fills out[0..) with the samples of the RESULT. Returns the
+ * number of samples, or -1 (STEP_ERROR, no reply, bad reply). */
+static int s_step_multi(void *r, uint64_t seq, const proto_seq_t *q, uint32_t n,
+                        proto_sample_t *out, uint32_t max) {
+    proto_buf_t b = {0};
+    int rc = proto_step_encode(q, n, &b);
+    if (!rc) rc = s_send(r, "shard-0", PROTO_STEP, 0, seq, b.data, b.len);
+    proto_buf_free(&b);
+    s_in_t in;
+    if (rc || !s_expect(r, "shard-0", 20000, &in)) return -1;
+    int got = -1;
+    if (in.hdr_ok && in.h.cmd == PROTO_RESULT && in.h.seq == seq) {
+        proto_sample_t *smp = NULL;
+        uint32_t ns = 0;
+        double ms;
+        gerr_t err;
+        if (proto_result_decode(in.body, in.len, &smp, &ns, &ms, &err) == 0 && ns <= max) {
+            memcpy(out, smp, sizeof *smp * ns);
+            got = (int)ns;
+        }
+        free(smp);
+    } else {
+        fprintf(stderr, "test: step %llu: %s\n", (unsigned long long)seq,
+                in.body ? (const char *)in.body : "(no body)");
+    }
+    s_in_free(&in);
+    return got;
+}
+
+/* The shard's semantics computed in this process: engine + sampler on one sequence, the
+ * prompt recorded as prompt and every sampled token as generated, the draw at position
+ * start_pos + n_tokens. Fills tok/lp[0..n_gen). */
+static int s_reference(const int32_t *prompt, int n_prompt, int n_gen, const sampling_params_t *p,
+                       int32_t *tok, float *lp) {
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-a", tcheck_fixtures());
+    gerr_t err = {{0}};
+    weights_t *w = NULL;
+    ops_t *ops = NULL;
+    engine_t *eng = NULL;
+    kvcache_seq_t ks = {0};
+    sampling_history_t *h = sampling_history_new();
+    sampling_ws_t *ws = sampling_ws_new();
+    float *logits = NULL;
+    int rc = -1;
+    engine_opts_t eo = {.kv_budget_bytes = 8u << 20, .max_seqs = 2, .max_chunk = 64};
+    if (!h || !ws || weights_load(model, &w, &err) || ops_cpu_new(1, NULL, &ops, &err) ||
+        engine_new(w, ops, &eo, &eng, &err))
+        goto out;
+    const int V = engine_vocab(eng);
+    if (!(logits = malloc(sizeof(float) * (size_t)V))) goto out;
+    int32_t cur[64];
+    memcpy(cur, prompt, sizeof(int32_t) * (size_t)n_prompt);
+    int pos = 0, n_new = n_prompt;
+    for (int i = 0; i < n_prompt; i++)
+        sampling_history_add(h, prompt[i], false, NULL);
+    for (int g = 0; g < n_gen; g++) {
+        if (kvcache_seq_reserve(engine_kv(eng), &ks, pos, pos + n_new, &err)) goto out;
+        engine_seq_t es = {.tokens = cur,
+                           .n_tokens = n_new,
+                           .start_pos = pos,
+                           .full_blocks = ks.full,
+                           .n_full_blocks = ks.n_full,
+                           .window_blocks = ks.window,
+                           .n_window_blocks = ks.n_window};
+        sampling_result_t sr;
+        if (engine_step(eng, &es, 1, logits, &err) ||
+            sampling_sample(p, h, logits, V, (uint64_t)(pos + n_new), ws, &sr, &err))
+            goto out;
+        tok[g] = sr.token;
+        lp[g] = sr.logprob;
+        sampling_history_add(h, sr.token, true, NULL);
+        pos += n_new;
+        n_new = 1;
+        cur[0] = sr.token;
+    }
+    rc = 0;
+out:
+    if (rc) fprintf(stderr, "test: reference failed: %s\n", err.msg);
+    if (eng) kvcache_seq_release(engine_kv(eng), &ks);
+    free(logits);
+    engine_free(&eng);
+    ops_cpu_free(&ops);
+    weights_free(&w);
+    sampling_history_destroy(&h);
+    sampling_ws_destroy(&ws);
+    return rc;
+}
+
+/* Two sequences batched in every step with seeded sampling and all three penalties: the
+ * shard's tokens and logprobs equal the in-process reference, and a re-prefill with the
+ * new-sequence flag starts the penalty history afresh (the same first token again). */
+static void test_penalties(void) {
+    enum { N_GEN = 12 };
+    int32_t *ids[2] = {NULL, NULL}, *cont[2] = {NULL, NULL};
+    int n_ids[2], n_cont[2];
+    CHECK(s_read_case(0, &ids[0], &n_ids[0], &cont[0], &n_cont[0]) == 0);
+    CHECK(s_read_case(1, &ids[1], &n_ids[1], &cont[1], &n_cont[1]) == 0);
+    void *r = s_router();
+    pid_t pid =
+        r ? s_spawn((const char *const[]){"--rank", "0", "--world", "1", "--threads", "2", NULL})
+          : -1;
+    sampling_params_t sp[2];
+    int32_t ref_tok[2][N_GEN];
+    float ref_lp[2][N_GEN];
+    bool ok = ids[0] && ids[1] && pid > 0;
+    for (int k = 0; ok && k < 2; k++) {
+        sampling_params_init(&sp[k]);
+        sp[k].temperature = k ? 0.7 : 1.3;
+        sp[k].top_k = k ? 0 : 40;
+        sp[k].top_p = k ? 0.9 : 1.0;
+        sp[k].min_p = k ? 0.01 : 0.0;
+        sp[k].frequency_penalty = k ? 1.5 : 0.5;
+        sp[k].presence_penalty = k ? 0.4 : 1.0;
+        sp[k].repetition_penalty = k ? 1.3 : 0.9;
+        sp[k].seed = 1000 + (uint64_t)k;
+        sp[k].n_logprobs = 2;
+        sp[k].vocab_limit = 500;
+        ok = s_reference(ids[k], n_ids[k], N_GEN, &sp[k], ref_tok[k], ref_lp[k]) == 0;
+        CHECK(ok);
+    }
+    bool got_hello = false;
+    if (ok) cJSON_Delete(s_expect_cmd(r, "shard-0", PROTO_HELLO, 0, &got_hello, NULL));
+    CHECK(got_hello);
+    if (!ok || !got_hello) goto out;
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-a", tcheck_fixtures());
+    char load[2048];
+    snprintf(load, sizeof load,
+             "{\"model\":\"%s\",\"kv_dtype\":\"f32\",\"block_size\":4,\"kv_full_blocks\":40,"
+             "\"kv_window_blocks\":20,\"max_seqs\":3,\"max_chunk\":16,\"vocab_limit\":500}",
+             model);
+    s_send(r, "shard-0", PROTO_LOAD, 0, 0, load, strlen(load));
+    cJSON *j = s_expect_cmd(r, "shard-0", PROTO_READY, 0, &ok, NULL);
+    CHECK(ok);
+    CHECK_MSG(s_json_int(j, "kv_window_blocks") >= 20, "%d", s_json_int(j, "kv_window_blocks"));
+    cJSON_Delete(j);
+    if (!ok) goto out;
+
+    /* slot 0: case 0 on blocks 0..; slot 2: case 1 on blocks 10.. */
+    const uint32_t slots[2] = {0, 2};
+    int32_t seqtok[2][64], full[2][16], win[2][16];
+    int pos[2] = {0, 0}, n_new[2] = {n_ids[0], n_ids[1]};
+    for (int k = 0; k < 2; k++)
+        memcpy(seqtok[k], ids[k], sizeof(int32_t) * (size_t)n_ids[k]);
+    int32_t got_tok[2][N_GEN];
+    float got_lp[2][N_GEN];
+    bool steps_ok = true;
+    for (int g = 0; g < N_GEN && steps_ok; g++) {
+        proto_seq_t q[2];
+        for (int k = 0; k < 2; k++) {
+            int end = pos[k] + n_new[k], need = (end + 3) / 4;
+            for (int b = 0; b < need; b++)
+                full[k][b] = win[k][b] = 10 * k + b;
+            q[k] = (proto_seq_t){.slot = slots[k],
+                                 .n_tokens = (uint32_t)n_new[k],
+                                 .start_pos = (uint32_t)pos[k],
+                                 .prompt_len = (uint32_t)n_ids[k],
+                                 .n_full = (uint32_t)need,
+                                 .n_window = (uint32_t)need,
+                                 .flags = PROTO_SEQ_SAMPLE | (g == 0 ? PROTO_SEQ_NEW : 0u),
+                                 .temperature = (float)sp[k].temperature,
+                                 .top_p = (float)sp[k].top_p,
+                                 .min_p = (float)sp[k].min_p,
+                                 .top_k = sp[k].top_k,
+                                 .frequency_penalty = (float)sp[k].frequency_penalty,
+                                 .presence_penalty = (float)sp[k].presence_penalty,
+                                 .repetition_penalty = (float)sp[k].repetition_penalty,
+                                 .seed = sp[k].seed,
+                                 .n_logprobs = sp[k].n_logprobs,
+                                 .tokens = seqtok[k] + pos[k],
+                                 .full = full[k],
+                                 .window = win[k]};
+        }
+        proto_sample_t smp[2];
+        int ns = s_step_multi(r, 300 + (uint64_t)g, q, 2, smp, 2);
+        steps_ok = ns == 2 && smp[0].slot == 0 && smp[1].slot == 2;
+        CHECK_MSG(steps_ok, "step %d: %d samples", g, ns);
+        for (int k = 0; k < 2 && steps_ok; k++) {
+            got_tok[k][g] = smp[k].token;
+            got_lp[k][g] = smp[k].logprob;
+            CHECK(smp[k].n_top == 2);
+            pos[k] += n_new[k];
+            n_new[k] = 1;
+            seqtok[k][pos[k]] = smp[k].token;
+        }
+    }
+    for (int k = 0; k < 2 && steps_ok; k++) {
+        int same = 0;
+        for (int g = 0; g < N_GEN; g++) {
+            same += got_tok[k][g] == ref_tok[k][g];
+            CHECK_MSG(got_tok[k][g] == ref_tok[k][g], "seq %d token %d: %d vs reference %d", k, g,
+                      got_tok[k][g], ref_tok[k][g]);
+            if (got_tok[k][g] == ref_tok[k][g]) CHECK_NEAR(got_lp[k][g], ref_lp[k][g], 1e-4);
+        }
+        fprintf(stderr, "penalised seq %d: %d/%d tokens equal the reference\n", k, same, N_GEN);
+    }
+    /* re-prefill slot 0 with the new-sequence flag: history reset -> first token again */
+    if (steps_ok) {
+        for (int b = 0; b < 2; b++)
+            full[0][b] = win[0][b] = b;
+        proto_seq_t q = {.slot = 0,
+                         .n_tokens = (uint32_t)n_ids[0],
+                         .prompt_len = (uint32_t)n_ids[0],
+                         .n_full = 2,
+                         .n_window = 2,
+                         .flags = PROTO_SEQ_SAMPLE | PROTO_SEQ_NEW,
+                         .temperature = (float)sp[0].temperature,
+                         .top_p = (float)sp[0].top_p,
+                         .top_k = sp[0].top_k,
+                         .frequency_penalty = (float)sp[0].frequency_penalty,
+                         .presence_penalty = (float)sp[0].presence_penalty,
+                         .repetition_penalty = (float)sp[0].repetition_penalty,
+                         .seed = sp[0].seed,
+                         .n_logprobs = 2,
+                         .tokens = ids[0],
+                         .full = full[0],
+                         .window = win[0]};
+        proto_sample_t smp;
+        CHECK(s_step_multi(r, 400, &q, 1, &smp, 1) == 1);
+        CHECK(smp.token == ref_tok[0][0]);
+        CHECK_NEAR(smp.logprob, ref_lp[0][0], 1e-4);
+    }
+    s_send(r, "shard-0", PROTO_SHUTDOWN, PROTO_RANK_ALL, 0, "", 0);
+    CHECK_MSG(s_wait_exit(pid, 10000) == 0, "shard did not exit 0 after SHUTDOWN");
+out:
+    for (int k = 0; k < 2; k++) {
+        free(ids[k]);
+        free(cont[k]);
+    }
+    s_kill_all();
+    if (r) zmq_close(r);
+}
+
 /* LOAD that fails -> LOAD_ERROR with a message, then exit status 2. */
 static void test_load_error(const char *model, const char *world, const char *want) {
     void *r = s_router();
@@ -586,6 +825,7 @@ int main(void) {
     CHECK(s_ctx != NULL);
     if (!s_ctx) return tcheck_done("test_shardd");
     test_generate();
+    test_penalties();
     char missing[1024];
     snprintf(missing, sizeof missing, "%s/no-such-model", tcheck_fixtures());
     test_load_error(missing, "1", "no-such-model");
