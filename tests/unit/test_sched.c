@@ -186,9 +186,7 @@ static sched_t *s_start(const sched_opts_t *o) {
 }
 
 typedef struct {
-    gw_request_t *req; /* until submitted */
     gw_stream_t *stream;
-    uint64_t id;
     int32_t toks[8][512];
     int n[8];
     gw_finish_t finish[8];
@@ -219,11 +217,9 @@ static int s_submit(sched_t *s, gw_request_t *r, run_t *run, gerr_t *err) {
     run->n_choices = r->n_choices;
     snprintf(r->id_str, sizeof r->id_str, "cmpl-%p", (void *)run);
     int rc = sched_submit(s, r, err);
-    if (rc) {
+    if (rc) { /* on success r belongs to the scheduler: not touched again */
         gw_stream_unref(&run->stream);
         gw_request_free(&r);
-    } else {
-        run->id = r->id;
     }
     return rc;
 }
