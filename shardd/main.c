@@ -431,7 +431,8 @@ out:
         pthread_join(hb_thread, NULL);
     }
     if (sock) zmq_close(sock);
-    if (ctx) zmq_ctx_term(ctx);
+    while (ctx && zmq_ctx_term(ctx) < 0 && zmq_errno() == EINTR) {
+    }
     shard_free(&shard);
     LOG_INFO("main", "exit status %d", code);
     return code;
