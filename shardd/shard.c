@@ -4,8 +4,10 @@
  * its block allocator and every shard agree on block ids. The engine only takes a byte
  * budget (engine_opts_t -> kvcache_plan), so s_kv_budget inverts kvcache_plan's arithmetic:
  * it picks the max_seqs and budget for which the plan yields exactly the requested full
- * pool and at least the requested window pool, and the sizes are then read back from the
- * cache (kvcache_layer) and reported in READY.
+ * pool and at least the requested window pool (exactly, when the request is a multiple of
+ * the plan's per-sequence window blocks, as every kvcache_plan result is), and the sizes are
+ * then read back from the cache (kvcache_layer) and reported in READY. An engine_opts_t
+ * field for exact pool sizes would make this inversion unnecessary.
  *
  * STEP: the body is decoded and checked (slots, positions, duplicate slots, sampling
  * parameters) before the engine runs, the engine checks tokens and block tables before it
