@@ -108,10 +108,22 @@ int main(void) {
     pid_t w = 0;
     until = s_now() + 30;
     while ((w = waitpid(pid, &ws, WNOHANG)) == 0 && s_now() < until) {
-        char sink[4096];
         struct pollfd p = {.fd = pfd[0], .events = POLLIN};
-        if (poll(&p, 1, 50) > 0 && read(pfd[0], sink, sizeof sink) <= 0) usleep(10000);
+        if (poll(&p, 1, 50) <= 0) continue;
+        ssize_t n = read(pfd[0], log + len, sizeof log - 1 - len);
+        if (n > 0) {
+            len += (size_t)n;
+            log[len] = 0;
+        } else {
+            usleep(10000);
+        }
     }
+    ssize_t n;
+    while (len < sizeof log - 1 && (n = read(pfd[0], log + len, sizeof log - 1 - len)) > 0)
+        len += (size_t)n;
+    log[len] = 0;
+    CHECK_MSG(!strstr(log, "AddressSanitizer") && !strstr(log, "runtime error"),
+              "sanitizer report in the gateway's stderr:\n%s", log);
     if (w == 0) {
         kill(pid, SIGKILL);
         waitpid(pid, &ws, 0);
