@@ -400,9 +400,15 @@ static int s_check_seq(shard_t *s, const proto_seq_t *q, uint32_t i, sampling_pa
                  q->n_tokens, s->max_chunk);
         return GERR_INVALID;
     }
-    if (q->start_pos > (uint32_t)(INT_MAX - 1) - q->n_tokens) {
-        gerr_set(err, "STEP sequence %u (slot %u): start_pos %u is out of range", i, q->slot,
-                 q->start_pos);
+    /* positions past the model's context would make attention read (and a hostile peer
+     * make us spin over) a billion keys through a table that repeats one block id */
+    const uint64_t max_pos = (uint64_t)s->w->cfg.max_position_embeddings;
+    if ((uint64_t)q->start_pos + q->n_tokens > max_pos) {
+        gerr_set(err,
+                 "STEP sequence %u (slot %u): positions %u..%llu go past the model's context "
+                 "of %llu tokens",
+                 i, q->slot, q->start_pos, (unsigned long long)q->start_pos + q->n_tokens - 1,
+                 (unsigned long long)max_pos);
         return GERR_INVALID;
     }
     if (q->flags & ~(uint32_t)(PROTO_SEQ_SAMPLE | PROTO_SEQ_NEW)) {

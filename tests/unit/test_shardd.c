@@ -470,6 +470,10 @@ static void test_generate(void) {
     bad.top_p = 0.0f;
     CHECK(s_step(r, 13, &bad, 1, msg, sizeof msg) == -1);
     CHECK_MSG(strstr(msg, "top_p") != NULL, "%s", msg);
+    bad = q;
+    bad.start_pos = 131072 - 12; /* tiny-a's context is 131072 positions */
+    CHECK(s_step(r, 15, &bad, 1, msg, sizeof msg) == -1);
+    CHECK_MSG(strstr(msg, "context") != NULL, "%s", msg);
     int32_t oov[13];
     memcpy(oov, all, sizeof oov);
     oov[5] = 512;
