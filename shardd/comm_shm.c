@@ -30,6 +30,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/futex.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -52,8 +53,9 @@
 #define SHM_MAGIC       0x6d6d6f6373747067ULL /* "gptscomm" */
 #define SHM_VERSION     1u
 #define SHM_REASON_MAX  384
-#define SHM_SLICE_MS    10 /* futex wait slice between liveness checks */
-#define SHM_SPIN        2000
+#define SHM_SLICE_MS    10   /* futex wait slice between liveness checks */
+#define SHM_SPIN        2000 /* pause-loop checks before yielding */
+#define SHM_YIELD       32   /* sched_yield checks before the futex */
 #define SHM_SLOT_MIN    256
 #define SHM_SLOT_MAX    (1ull << 30)
 #define SHM_PID_LEFT    (-1) /* rank destroyed its comm */
@@ -251,6 +253,13 @@ static int s_wait(shm_t *s, uint64_t target, int timeout_ms, const char *what, g
         s_cpu_relax();
         if (atomic_load_explicit(&h->ranks[miss].seq, memory_order_acquire) >= target)
             miss = s_missing(s, target);
+    }
+    /* Then yield a few times: when ranks outnumber free cores, this lets the peer we wait for
+     * run on this core at once instead of after a futex sleep. */
+    for (int i = 0; miss >= 0 && i < SHM_YIELD; i++) {
+        if (atomic_load_explicit(&h->abort_state, memory_order_relaxed)) break;
+        sched_yield();
+        miss = s_missing(s, target);
     }
     if (miss < 0) return 0;
     double deadline = s_now_ms() + timeout_ms;
