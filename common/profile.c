@@ -646,8 +646,9 @@ static int s_divides(const profile_t *p, int count, const char *what, gerr_t *er
 
 int profile_check_model(const profile_t *p, const gptoss_config_t *cfg, gerr_t *err) {
     int rc;
-    if ((rc = s_divides(p, cfg->num_attention_heads, "num_attention_heads", err))) return rc;
+    /* KV heads first: the fewest (8 for gpt-oss), so the usual reason */
     if ((rc = s_divides(p, cfg->num_key_value_heads, "num_key_value_heads", err))) return rc;
+    if ((rc = s_divides(p, cfg->num_attention_heads, "num_attention_heads", err))) return rc;
     if ((rc = s_divides(p, cfg->num_local_experts, "num_local_experts", err))) return rc;
     /* experts are split in whole MXFP4 blocks of 32 units (DESIGN.md): every shard needs one */
     int blocks = cfg->intermediate_size / 32;

@@ -209,7 +209,7 @@ static void t_check_model(void) {
             CHECK_MSG(rc == 0, "tp %d: %s", tp, err.msg);
         } else if (tp == 3) {
             CHECK(rc < 0);
-            CHECK_MSG(strstr(err.msg, "tp 3 does not divide num_attention_heads 4"), "%s", err.msg);
+            CHECK_MSG(strstr(err.msg, "tp 3 does not divide num_key_value_heads 2"), "%s", err.msg);
         } else {
             CHECK(rc < 0);
             CHECK_MSG(strstr(err.msg, "profile t4: tp 4 does not divide num_key_value_heads 2"),
@@ -217,7 +217,7 @@ static void t_check_model(void) {
         }
         profile_free(&p);
     }
-    /* the real shapes: 64 heads, 8 KV heads, 128 experts; tp 3 is refused on KV heads... */
+    /* the 120b shapes: 64 heads, 8 KV heads, 128 experts; tp 4 fits, tp 3 does not */
     gptoss_config_t big = cfg;
     big.num_attention_heads = 64;
     big.num_key_value_heads = 8;
@@ -228,10 +228,19 @@ static void t_check_model(void) {
     CHECK(profile_parse(j, strlen(j), "q", &p, &err) == 0);
     CHECK(profile_check_model(&p, &big, &err) == 0);
     p.tp = 3;
-    big.num_attention_heads = 66; /* so that the KV heads are the first to fail */
     CHECK(profile_check_model(&p, &big, &err) < 0);
     CHECK_MSG(strstr(err.msg, "profile quality-first: tp 3 does not divide num_key_value_heads 8"),
               "%s", err.msg);
+    p.tp = 8;
+    CHECK(profile_check_model(&p, &big, &err) == 0);
+    big.num_local_experts = 36;
+    CHECK(profile_check_model(&p, &big, &err) < 0);
+    CHECK_MSG(strstr(err.msg, "num_local_experts 36"), "%s", err.msg);
+    big.num_local_experts = 128;
+    big.intermediate_size = 64;
+    CHECK(profile_check_model(&p, &big, &err) < 0);
+    CHECK_MSG(strstr(err.msg, "MXFP4 blocks"), "%s", err.msg);
+    big.intermediate_size = 2880;
     p.tp = 1;
     p.max_context = cfg.max_position_embeddings + 1;
     CHECK(profile_check_model(&p, &big, &err) < 0);
