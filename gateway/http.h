@@ -18,10 +18,11 @@
 
 /* Settings of the HTTP side. Strings are borrowed for the server's lifetime. */
 typedef struct {
-    const char *bind_addr;         /* default "127.0.0.1" */
-    int port;                      /* default 8000; 0 = any free port (see http_port) */
-    const char *api_key;           /* NULL = no auth; else Bearer token required on /v1/... */
-    int auth_all;                  /* also require it on /health, /metrics, ... */
+    const char *bind_addr; /* default "127.0.0.1" */
+    int port;              /* default 8000; 0 = any free port (see http_port) */
+    const char *api_key;   /* NULL = no auth; else "Authorization: Bearer KEY" (compared in constant
+                            * time) required on /v1/..., /tokenize, /detokenize */
+    int auth_all;          /* also require it on /health, /ready, /stats, /metrics */
     const char *model_name;        /* id shown by /v1/models (default: the folder's name) */
     size_t max_body_bytes;         /* default 4 MiB (413 beyond) */
     int max_messages;              /* default 1024 */
