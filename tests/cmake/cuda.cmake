@@ -3,16 +3,6 @@
 # created gptoss_cuda (GPTOSS_CUDA=ON/AUTO with a toolkit). Without a GPU the test exits 77,
 # which ctest reports as skipped, never as passed.
 if(TARGET gptoss_cuda)
-  # The top-level add_compile_options() flags (-Wall, -Wextra, -Wstrict-prototypes, -Werror) are
-  # gcc's and also reach nvcc, which refuses them ("Unknown option '-Wall'", "-Werror" eats the
-  # next argument). gptoss_cuda has only .cu sources, so replace them with the nvcc spelling:
-  # host-side warnings through -Xcompiler, and warnings as errors (nvcc's own and the host
-  # compiler's) when GPTOSS_WERROR is on. -O2 comes from CMAKE_CUDA_FLAGS_<CONFIG>.
-  set_property(TARGET gptoss_cuda PROPERTY COMPILE_OPTIONS "")
-  target_compile_options(gptoss_cuda PRIVATE
-    -Xcompiler=-Wall,-Wextra,-Wno-unused-parameter
-    $<$<BOOL:${GPTOSS_WERROR}>:-Werror=all-warnings>
-    $<$<BOOL:${GPTOSS_WERROR}>:-Xcompiler=-Werror>)
   # shardd/sampling.c is compiled in (the reference of the GPU sampler) rather than linking all
   # of gptoss_shardd, so the test builds on a GPU host without ZeroMQ. gptoss_common comes after
   # gptoss_cuda, which logs through it.
