@@ -5,7 +5,14 @@
  * with sinks (sliding window on even layers), o_proj + residual; RMSNorm, router
  * top-k, experts run on the tokens routed to them (gate_up, clamped SwiGLU, down),
  * weighted sum + residual. Finally RMSNorm and lm_head on the rows that want
- * logits. Scratch buffers grow to the largest step seen and are reused. */
+ * logits. Scratch buffers grow to the largest step seen and are reused.
+ *
+ * With a comm of world > 1 (engine.h): the o_proj output and the weighted MoE sum
+ * are partial sums over this shard's heads / units and go through all_reduce_sum
+ * before the residual add (the biases are on rank 0's views only); a shard with no
+ * expert units contributes zeros. The lm_head rows of every shard are gathered to
+ * rank 0 rank-major ([rank][row][its vocab rows]) and rearranged there into
+ * [row][vocab]. World 1 takes none of these branches. */
 #include "engine.h"
 
 #include <math.h>
@@ -16,6 +23,13 @@ struct engine {
     const weights_t *w;
     const ops_t *ops;
     kvcache_t *kv;
+    comm_t *comm;               /* NULL or world 1: no collectives */
+    int rank, world;            /* of the comm (0, 1 without) */
+    int vbegin[COMM_MAX_WORLD]; /* every rank's first vocab row */
+    int vrows[COMM_MAX_WORLD];  /* and its row count */
+    float *lg;                  /* [cap_R][V local] this shard's logits (world > 1) */
+    float *gath;                /* rank 0: [cap_R][V] gathered, rank-major */
+    int cap_R;                  /* logits scratch capacity in rows */
     ops_rope_t rope;
     int H, D, nh, nkv, E, K, nu, V;
     int cap_T;         /* scratch capacity in tokens */
@@ -99,6 +113,26 @@ int engine_new(const weights_t *w, const ops_t *ops, const engine_opts_t *opts, 
     }
     e->w = w;
     e->ops = ops;
+    e->comm = o.comm;
+    e->rank = o.comm ? o.comm->rank : 0;
+    e->world = o.comm ? o.comm->world : 1;
+    if (e->rank != w->rank || e->world != w->world) {
+        gerr_set(err,
+                 "engine: comm rank %d of %d does not match the weights' slice (rank %d of %d)",
+                 e->rank, e->world, w->rank, w->world);
+        engine_free(&e);
+        return GERR_INVALID;
+    }
+    for (int r = 0; r < e->world; r++) {
+        weights_slice_t sl;
+        int rc = weights_slice(c, r, e->world, &sl, err);
+        if (rc) {
+            engine_free(&e);
+            return rc;
+        }
+        e->vbegin[r] = sl.vocab_begin;
+        e->vrows[r] = sl.vocab_rows;
+    }
     e->H = c->hidden_size;
     e->D = c->head_dim;
     e->nh = w->n_heads;
@@ -106,7 +140,7 @@ int engine_new(const weights_t *w, const ops_t *ops, const engine_opts_t *opts, 
     e->E = c->num_local_experts;
     e->K = c->num_experts_per_tok;
     e->nu = w->n_units;
-    e->V = w->vocab_rows;
+    e->V = w->vocab_rows; /* this shard's lm_head rows; engine_vocab is the whole vocabulary */
     bool yarn = strcmp(c->rope_type, "yarn") == 0;
     if (ops_rope_init(&e->rope, e->D, c->rope_theta, yarn ? c->rope_factor : 1.0, c->rope_beta_fast,
                       c->rope_beta_slow, c->rope_original_max_pos, c->rope_truncate) != 0) {
@@ -137,9 +171,10 @@ void engine_free(engine_t **pe) {
     if (!pe || !*pe) return;
     engine_t *e = *pe;
     kvcache_free(&e->kv);
-    void *bufs[] = {e->x,   e->a,    e->q,   e->k,      e->v,      e->att,   e->tmp,  e->cs,
-                    e->rl,  e->ridx, e->rw,  e->xe,     e->he,     e->ae,    e->ye,   e->ids,
-                    e->pos, e->etok, e->ewt, e->ecount, e->estart, e->tfull, e->twin, e->out_rows};
+    void *bufs[] = {e->x,     e->a,    e->q,        e->k,    e->v,   e->att,    e->tmp,
+                    e->cs,    e->rl,   e->ridx,     e->rw,   e->xe,  e->he,     e->ae,
+                    e->ye,    e->ids,  e->pos,      e->etok, e->ewt, e->ecount, e->estart,
+                    e->tfull, e->twin, e->out_rows, e->lg,   e->gath};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
         free(bufs[i]);
     free(e);
@@ -151,7 +186,30 @@ kvcache_t *engine_kv(engine_t *e) {
 }
 
 int engine_vocab(const engine_t *e) {
-    return e->V;
+    return e->w->cfg.vocab_size;
+}
+
+/* Grows the tensor-parallel logits scratch to R rows (world > 1 only). */
+static int s_grow_logits(engine_t *e, int R) {
+    if (R <= e->cap_R) return 0;
+    float *lg = realloc(e->lg, sizeof(float) * (size_t)R * (size_t)(e->V ? e->V : 1));
+    if (!lg) return GERR_NOMEM;
+    e->lg = lg;
+    if (e->rank == 0) {
+        float *g = realloc(e->gath, sizeof(float) * (size_t)R * (size_t)engine_vocab(e));
+        if (!g) return GERR_NOMEM;
+        e->gath = g;
+    }
+    e->cap_R = R;
+    return 0;
+}
+
+/* Sums buf[0..n) over the group (nothing in world 1). */
+static int s_reduce(engine_t *e, float *buf, size_t n, gerr_t *err) {
+    if (e->world == 1) return 0;
+    int rc = comm_all_reduce_sum(e->comm, buf, n, err);
+    if (rc) gerr_prefix(err, "tensor-parallel all-reduce (rank %d of %d)", e->rank, e->world);
+    return rc;
 }
 
 int engine_logits_rows(const engine_seq_t *seqs, int n_seqs) {
@@ -213,9 +271,16 @@ blocks:
     return GERR_INVALID;
 }
 
-static void s_moe(engine_t *e, const weights_layer_t *L, int T) {
+static int s_moe(engine_t *e, const weights_layer_t *L, int T, gerr_t *err) {
     const ops_t *o = e->ops;
     const int H = e->H, E = e->E, K = e->K;
+    if (e->nu == 0) { /* a shard past the last block: contributes zeros to the sum */
+        memset(e->tmp, 0, sizeof(float) * (size_t)T * H);
+        int rc = s_reduce(e, e->tmp, (size_t)T * H, err);
+        if (rc) return rc;
+        o->add(o, e->x, e->tmp, (size_t)T * H);
+        return 0;
+    }
     o->matmul_bf16(o, e->a, T, &L->router, L->router_b, e->rl);
     o->router_topk(o, e->rl, T, E, K, e->ridx, e->rw);
     /* group (token, weight) pairs by expert, in token order */
@@ -247,7 +312,39 @@ static void s_moe(engine_t *e, const weights_layer_t *L, int T) {
         for (int i = 0; i < n; i++)
             o->axpy(o, e->tmp + (size_t)tk[i] * H, wt[i], e->ye + (size_t)i * H, (size_t)H);
     }
+    int rc = s_reduce(e, e->tmp, (size_t)T * H, err);
+    if (rc) return rc;
     o->add(o, e->x, e->tmp, (size_t)T * H);
+    return 0;
+}
+
+/* Final norm and lm_head on the R rows of xe; rank 0 gets [R][vocab] logits. */
+static int s_logits(engine_t *e, int R, float *logits, gerr_t *err) {
+    const ops_t *o = e->ops;
+    const int H = e->H;
+    o->rmsnorm(o, e->xe, e->w->norm, R, H, e->w->cfg.rms_norm_eps, e->a);
+    if (e->world == 1) {
+        o->matmul_bf16(o, e->a, R, &e->w->lm_head, NULL, logits);
+        return 0;
+    }
+    if (e->V > 0) o->matmul_bf16(o, e->a, R, &e->w->lm_head, NULL, e->lg);
+    size_t counts[COMM_MAX_WORLD];
+    for (int r = 0; r < e->world; r++)
+        counts[r] = (size_t)R * (size_t)e->vrows[r];
+    int rc = comm_gatherv(e->comm, e->lg, counts, e->rank == 0 ? e->gath : NULL, err);
+    if (rc) {
+        gerr_prefix(err, "tensor-parallel logits gather (rank %d of %d)", e->rank, e->world);
+        return rc;
+    }
+    if (e->rank != 0) return 0;
+    const size_t V = (size_t)engine_vocab(e);
+    const float *src = e->gath;
+    for (int r = 0; r < e->world; r++) {
+        const size_t nv = (size_t)e->vrows[r];
+        for (int i = 0; i < R; i++, src += nv)
+            memcpy(logits + (size_t)i * V + (size_t)e->vbegin[r], src, sizeof(float) * nv);
+    }
+    return 0;
 }
 
 int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits, gerr_t *err) {
@@ -268,7 +365,10 @@ int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits
         }
     }
     const int T = (int)total;
-    if (s_grow(e, T)) {
+    const int R_all = engine_logits_rows(seqs, n_seqs);
+    if (s_grow(e, T) || (e->world > 1 && s_grow_logits(e, R_all))) {
+        /* the peers passed the same checks and are about to wait for us */
+        if (e->world > 1) comm_abort(e->comm);
         gerr_set(err, "out of memory for a step of %d tokens", T);
         return GERR_NOMEM;
     }
@@ -301,13 +401,13 @@ int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits
         o->attention(o, e->q, T, e->nh, kv, toks, L->sliding ? c->sliding_window : 0, L->sinks,
                      sm_scale, e->att);
         o->matmul_bf16(o, e->att, T, &L->o, L->o_b, e->tmp);
+        int rc = s_reduce(e, e->tmp, (size_t)T * H, err);
+        if (rc) return rc;
         o->add(o, e->x, e->tmp, (size_t)T * H);
         o->rmsnorm(o, e->x, L->ln_mlp, T, H, c->rms_norm_eps, e->a);
-        s_moe(e, L, T);
+        if ((rc = s_moe(e, L, T, err))) return rc;
     }
     for (int r = 0; r < R; r++)
         memcpy(e->xe + (size_t)r * H, e->x + (size_t)e->out_rows[r] * H, sizeof(float) * H);
-    o->rmsnorm(o, e->xe, e->w->norm, R, H, c->rms_norm_eps, e->a);
-    o->matmul_bf16(o, e->a, R, &e->w->lm_head, NULL, logits);
-    return 0;
+    return s_logits(e, R, logits, err);
 }

@@ -9,8 +9,20 @@
  * Logits come back for the last token of each sequence, or for every token of a
  * sequence that asks for all of them.
  *
+ * Tensor parallelism: with a comm of world N (engine_opts_t.comm) over weights
+ * bound for the same rank (weights_load_shard), each shard runs the same step on
+ * its slice: its q/KV heads (its KV cache holds only its KV heads), its expert
+ * units, its lm_head rows. The partial o_proj and MoE outputs are summed with
+ * all_reduce_sum (the o_proj and down biases come from rank 0 only), and the
+ * shards' logits rows are gathered to rank 0, which returns full-vocabulary
+ * logits; other ranks return none. Every rank must call engine_step with the same
+ * sequences in the same order. A failed collective fails the step with its comm
+ * code (negative, COMM_ERR_*) and message; the group is then broken for good (the
+ * supervisor restarts it). With no comm (world 1) the step is the single-shard
+ * forward pass, bit for bit.
+ *
  * Built only from ops.h calls, so a CUDA ops backend runs the same code.
- * Not here: sampling, scheduling, tensor-parallel collectives (a later issue). */
+ * Not here: sampling, scheduling, creating the comm. */
 #ifndef GPTOSS_ENGINE_H
 #define GPTOSS_ENGINE_H
 
@@ -18,6 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "comm.h"
 #include "gerr.h"
 #include "kvcache.h"
 #include "ops.h"
@@ -32,6 +45,8 @@ typedef struct {
     size_t kv_budget_bytes;  /* KV cache memory (0: 1 GiB) */
     int max_seqs;            /* sequences alive at once (0: 16); sizes the window pool */
     int max_chunk;           /* most new tokens of one sequence per step (0: 512) */
+    comm_t *comm;            /* tensor-parallel group (borrowed, must outlive the engine);
+                                NULL: world 1. rank/world must equal the weights' */
 } engine_opts_t;
 
 /* One sequence of a step. All pointers borrowed for the call. */
@@ -54,15 +69,18 @@ int engine_new(const weights_t *w, const ops_t *ops, const engine_opts_t *opts, 
 void engine_free(engine_t **e);
 /* The engine's KV cache (borrowed), for reserving blocks (kvcache_seq_reserve). */
 kvcache_t *engine_kv(engine_t *e);
-/* Vocabulary rows of each logits row (this shard's lm_head rows). */
+/* Length of each logits row engine_step returns on rank 0: the whole vocabulary. */
 int engine_vocab(const engine_t *e);
 /* Logits rows a step returns: per sequence 1, or n_tokens if all_logits. */
 int engine_logits_rows(const engine_seq_t *seqs, int n_seqs);
 
 /* Runs one step: writes the new tokens' K/V into the cache and fills logits
- * ([engine_logits_rows][engine_vocab], caller-allocated, in sequence order).
- * Bad input (token id out of range, missing blocks, negative positions) is refused
- * with GERR_INVALID before anything is written. */
+ * ([engine_logits_rows][engine_vocab], caller-allocated, in sequence order) on
+ * rank 0; other ranks pass logits NULL (ignored). Bad input (token id out of
+ * range, missing blocks, negative positions) is refused with GERR_INVALID before
+ * anything is written (on every rank alike, before any collective). A comm failure
+ * returns its COMM_ERR_* code; a rank-local failure in a group (out of memory)
+ * aborts the comm so the peers fail fast instead of waiting. */
 int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits, gerr_t *err);
 
 #endif

@@ -7,8 +7,26 @@
  * shard holding q heads [h0, h0+nh), kv heads [j0, j0+nkv), o_proj input columns
  * of those heads, expert units [u0, u0+nu) in whole 32-blocks (gate_up rows
  * [2u0, 2(u0+nu)), down_proj block columns) and lm_head vocab rows [v0, v0+nv)
- * fills the same structs with offset pointers and strides. This version binds
- * the whole model (one shard); slicing is a later issue.
+ * fills the same structs with offset pointers and strides (weights_load_shard;
+ * weights_load is the whole model, rank 0 of world 1).
+ *
+ * Slicing (DESIGN.md "Tensor parallelism", GPTOSS.md 9) for rank r of N:
+ * - q heads [r*Hq/N, (r+1)*Hq/N) with their sinks and q rows/bias; KV heads
+ *   [r*Hkv/N, ...) likewise (N must divide Hq and Hkv, so GQA groups stay whole
+ *   and local head h still uses local kv head h / (nh / nkv)); o_proj keeps all H
+ *   rows and takes the input columns of the shard's heads (same row stride).
+ * - every expert: units [r*w, min((r+1)*w, I)) with w = 32*ceil((I/32)/N), whole
+ *   MXFP4 blocks (the last shard fewer, possibly none); gate_up rows [2u0, 2u1)
+ *   (gate/up interleave stays paired) and bias; down_proj the matching block
+ *   columns of every row: blocks + u0/2 bytes, scales + u0/32 bytes, the full
+ *   row strides (a strided view).
+ * - lm_head rows [r*V/N, (r+1)*V/N) (vocab_begin, vocab_rows).
+ * - router, norms, embedding: replicated. o_proj bias and down_proj bias only on
+ *   rank 0 (NULL elsewhere): the sum over shards adds them once.
+ * Views point into the mmapped files; a shard dereferences only its own byte
+ * ranges (those st_slice gives for its index ranges; test_tp checks the views
+ * against st_slice), so the kernel pages in only those: the other shards'
+ * slices are never read. The bytes_per_token figure counts this shard's slice.
  *
  * Not here: reading byte ranges into device memory, KV cache, the forward pass. */
 #ifndef GPTOSS_WEIGHTS_H
@@ -47,10 +65,20 @@ typedef struct {
     int sliding;                     /* 1 = sliding-window layer */
 } weights_layer_t;
 
+/* The part of the model one rank holds (index ranges; see the file comment). */
+typedef struct {
+    int head_begin, n_heads;     /* q heads [head_begin, +n_heads) */
+    int kv_begin, n_kv_heads;    /* kv heads [kv_begin, +n_kv_heads) */
+    int unit_begin, n_units;     /* expert units, multiples of 32; n_units may be 0 */
+    int vocab_begin, vocab_rows; /* lm_head rows; vocab_rows may be 0 when V < N */
+} weights_slice_t;
+
 /* A bound model. Owned by the caller of weights_load (weights_free). */
 typedef struct {
-    gptoss_config_t cfg; /* the whole model's config */
-    st_model_t *st;      /* mappings (owned) */
+    gptoss_config_t cfg;   /* the whole model's config */
+    st_model_t *st;        /* mappings (owned) */
+    int rank, world;       /* which slice this is (0, 1: the whole model) */
+    weights_slice_t slice; /* this shard's index ranges */
     /* this shard's slice dims (whole model: the config values) */
     int n_heads;              /* q heads held (nh) */
     int n_kv_heads;           /* kv heads held (nkv) */
@@ -65,8 +93,16 @@ typedef struct {
 } weights_t;
 
 /* Loads config.json and the safetensors of folder dir, checks every tensor and
- * binds the views. *out is caller-owned (weights_free). */
+ * binds the views of the whole model. *out is caller-owned (weights_free). */
 int weights_load(const char *dir, weights_t **out, gerr_t *err);
+/* Same for rank's slice of a world-shard tensor-parallel group (world 1: the whole
+ * model, identical to weights_load). A world that does not divide the KV or query
+ * heads is refused (GERR_INVALID, "tp 4 does not divide num_key_value_heads 2").
+ * *out is caller-owned (weights_free). */
+int weights_load_shard(const char *dir, int rank, int world, weights_t **out, gerr_t *err);
+/* Index ranges of rank's slice in a world-shard group for config c into *out (nothing
+ * allocated); GERR_INVALID with a message when world cannot split this model. */
+int weights_slice(const gptoss_config_t *c, int rank, int world, weights_slice_t *out, gerr_t *err);
 /* Unmaps and frees; sets *w to NULL (safe on NULL). */
 void weights_free(weights_t **w);
 /* Expert e's matrix of a set (a view; nothing allocated). */
