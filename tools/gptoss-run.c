@@ -4,13 +4,22 @@
  *              [--max-tokens N] [--temperature T] [--top-p P] [--top-k K] [--seed S]
  *              [--threads N] [--ignore-eos] [--dump-logits FILE]
  *              [--kv-dtype f32|bf16] [--kv-budget-mb N] [--prefill-chunk N] [--isa NAME]
+ *              [--tp N]
  *
  * Loads the model (weights stay mmapped), prefills the prompt (in chunks), then
  * decodes one token per step with the CPU engine. Generated ids go to stdout (and
  * the text, when the folder has a tokenizer); prefill and decode speeds to stderr.
  * --dump-logits writes {"input_ids","logits_last","argmax_all","generated"}: the
  * logits of the last prompt position (%.9g) and the argmax at every prompt position,
- * the tool the numerics tests use. Not a server: one sequence, no batching. */
+ * the tool the numerics tests use. Not a server: one sequence, no batching.
+ *
+ * --tp N runs the model tensor-parallel over N processes on one host: the process
+ * creates a shm comm segment, forks ranks 1..N-1 (each loads only its slice with
+ * weights_load_shard and its own CPU threads: --threads each, default CPUs / N), and
+ * stays rank 0, which samples, broadcasts each next token and alone prints or dumps,
+ * exactly as with one process, so the numerics of a sliced model can be compared
+ * offline. A failing rank breaks the comm; the others fail within its timeout and
+ * rank 0 exits 1 after reaping the children. */
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -18,9 +27,14 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "comm.h"
 #include "cpu/ops_cpu.h"
 #include "engine.h"
 #include "gerr.h"
@@ -41,7 +55,7 @@
 
 typedef struct {
     const char *model, *prompt_ids, *text, *chat, *dump, *isa;
-    int max_tokens, top_k, threads, prefill_chunk;
+    int max_tokens, top_k, threads, prefill_chunk, tp;
     double temperature, top_p;
     uint64_t seed;
     bool seed_set, ignore_eos;
@@ -55,7 +69,7 @@ static int s_usage(void) {
             "                  [--max-tokens N] [--temperature T] [--top-p P] [--top-k K]\n"
             "                  [--seed S] [--threads N] [--ignore-eos] [--dump-logits FILE]\n"
             "                  [--kv-dtype f32|bf16] [--kv-budget-mb N] [--prefill-chunk N]\n"
-            "                  [--isa auto|generic|avx2|avx512]\n");
+            "                  [--isa auto|generic|avx2|avx512] [--tp N]\n");
     return 2;
 }
 
@@ -75,7 +89,8 @@ static int s_parse_long(const char *s, long lo, long hi, long *out) {
 }
 
 static int s_parse_args(int argc, char **argv, s_args_t *a) {
-    *a = (s_args_t){.max_tokens = 16, .temperature = 1.0, .top_p = 1.0, .kv_budget_mb = 1024};
+    *a = (s_args_t){
+        .max_tokens = 16, .temperature = 1.0, .top_p = 1.0, .kv_budget_mb = 1024, .tp = 1};
     for (int i = 1; i < argc; i++) {
         const char *o = argv[i];
         if (strcmp(o, "--ignore-eos") == 0) {
@@ -128,6 +143,13 @@ static int s_parse_args(int argc, char **argv, s_args_t *a) {
                 a->prefill_chunk = (int)n;
             else
                 a->kv_budget_mb = n;
+        } else if (strcmp(o, "--tp") == 0) {
+            if (s_parse_long(v, 1, COMM_MAX_WORLD, &n)) {
+                fprintf(stderr, "gptoss-run: --tp must be an integer in 1..%d, got '%s'\n",
+                        COMM_MAX_WORLD, v);
+                return -1;
+            }
+            a->tp = (int)n;
         } else if (strcmp(o, "--temperature") == 0 || strcmp(o, "--top-p") == 0) {
             errno = 0;
             double d = strtod(v, &end);
@@ -222,11 +244,77 @@ static void s_write_ids(FILE *f, const int32_t *ids, int n) {
     fputc(']', f);
 }
 
+/* --tp: creates segment name for a.tp ranks and forks ranks 1..tp-1 (their pids into kids).
+ * Returns this process's rank (0 in the parent) or -1 with err set. */
+static int s_tp_fork(const s_args_t *a, const char *name, pid_t *kids, gerr_t *err) {
+    if (comm_shm_create(name, a->tp, 0, err)) return -1;
+    pid_t parent = getpid();
+    fflush(NULL);
+    for (int r = 1; r < a->tp; r++) {
+        pid_t pid = fork();
+        if (pid < 0) {
+            gerr_set(err, "fork: %s", strerror(errno));
+            return -1;
+        }
+        if (pid == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (getppid() != parent) _exit(1);
+            return r;
+        }
+        kids[r] = pid;
+    }
+    return 0;
+}
+
+/* Rank 0: waits for the forked ranks; returns how many failed. */
+static int s_tp_reap(const pid_t *kids, int tp) {
+    int failed = 0;
+    for (int r = 1; r < tp; r++) {
+        if (kids[r] <= 0) continue;
+        int st = 0;
+        while (waitpid(kids[r], &st, 0) < 0 && errno == EINTR) {
+        }
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            fprintf(stderr, "gptoss-run: rank %d failed (%s %d)\n", r,
+                    WIFEXITED(st) ? "exit status" : "signal",
+                    WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+            failed++;
+        }
+    }
+    return failed;
+}
+
 int main(int argc, char **argv) {
     s_args_t a;
     if (s_parse_args(argc, argv, &a)) return s_usage();
     gerr_t err = {{0}};
-    int rc = 1;
+    int rc = 1, rank = 0;
+    comm_t *comm = NULL;
+    char comm_name[64] = "";
+    pid_t kids[COMM_MAX_WORLD] = {0};
+    if (a.tp > 1) {
+        snprintf(comm_name, sizeof comm_name, "/gptoss-run-%ld-%ld", (long)getpid(),
+                 (long)time(NULL));
+        if (a.threads == 0) {
+            long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+            a.threads = cpus > a.tp ? (int)(cpus / a.tp) : 1;
+        }
+        gptoss_config_t cfg; /* refuse a world the model cannot split before forking */
+        weights_slice_t sl;
+        if (config_load(a.model, &cfg, &err) || weights_slice(&cfg, 0, a.tp, &sl, &err)) {
+            fprintf(stderr, "gptoss-run: --tp %d: %s\n", a.tp, err.msg);
+            return 1;
+        }
+        rank = s_tp_fork(&a, comm_name, kids, &err);
+        if (rank < 0) {
+            fprintf(stderr, "gptoss-run: --tp %d: %s\n", a.tp, err.msg);
+            comm_shm_abort_name(comm_name, &err);
+            s_tp_reap(kids, a.tp);
+            comm_shm_unlink(comm_name, &err);
+            return 1;
+        }
+        if (rank > 0 && !freopen("/dev/null", "w", stdout)) _exit(1); /* rank 0 speaks */
+    }
     weights_t *w = NULL;
     ops_t *ops = NULL;
     engine_t *eng = NULL;
@@ -242,10 +330,11 @@ int main(int argc, char **argv) {
     sampling_history_t *hist = NULL;
 #endif
 
-    if (weights_load(a.model, &w, &err)) goto fail;
+    if (weights_load_shard(a.model, rank, a.tp, &w, &err)) goto fail;
+    if (a.tp > 1 && comm_shm_new(comm_name, rank, a.tp, NULL, &comm, &err)) goto fail;
     const gptoss_config_t *c = &w->cfg;
     if (a.prompt_ids) {
-        if (s_parse_ids(a.prompt_ids, c->vocab_size, &prompt, &n_prompt)) goto out;
+        if (s_parse_ids(a.prompt_ids, c->vocab_size, &prompt, &n_prompt)) goto fail;
     } else {
 #ifdef S_HAVE_TOK
         if (tok_load(a.model, &tok, &err)) {
@@ -291,21 +380,28 @@ int main(int argc, char **argv) {
     engine_opts_t eo = {.kv_dtype = a.kv_dtype,
                         .kv_budget_bytes = (size_t)a.kv_budget_mb << 20,
                         .max_seqs = 1,
-                        .max_chunk = chunk};
+                        .max_chunk = chunk,
+                        .comm = comm};
     if (engine_new(w, ops, &eo, &eng, &err)) goto fail;
     const int V = engine_vocab(eng);
     /* one row per step unless every prompt position's logits are wanted */
     logits = malloc(sizeof(float) * (size_t)V * (size_t)(a.dump ? chunk : 1));
+    if (rank > 0) { /* the engine gives logits to rank 0 only */
+        free(logits);
+        logits = NULL;
+    }
     last = malloc(sizeof(float) * (size_t)V);
     gen = malloc(sizeof(int32_t) * (size_t)(a.max_tokens + 1));
     argmax_all = malloc(sizeof(int32_t) * (size_t)n_prompt);
-    if (!logits || !last || !gen || !argmax_all) {
+    if ((!logits && rank == 0) || !last || !gen || !argmax_all) {
         gerr_set(&err, "out of memory for logits");
         goto fail;
     }
-    fprintf(stderr, "gptoss-run: %s, %d layers, backend %s with %d threads, KV %s %zu MiB\n",
+    if (rank == 0)
+        fprintf(
+            stderr, "gptoss-run: %s, %d layers, backend %s with %d threads, KV %s %zu MiB, tp %d\n",
             a.model, c->num_hidden_layers, ops->name, ops_cpu_threads(ops),
-            a.kv_dtype == OPS_KV_BF16 ? "bf16" : "f32", kvcache_bytes(engine_kv(eng)) >> 20);
+            a.kv_dtype == OPS_KV_BF16 ? "bf16" : "f32", kvcache_bytes(engine_kv(eng)) >> 20, a.tp);
 
     /* prefill */
     kvcache_t *kv = engine_kv(eng);
@@ -322,6 +418,7 @@ int main(int argc, char **argv) {
                           .n_window_blocks = seq.n_window,
                           .all_logits = a.dump != NULL};
         if (engine_step(eng, &s, 1, logits, &err)) goto fail;
+        if (rank > 0) continue;
         int rows = engine_logits_rows(&s, 1);
         for (int r = 0; r < rows; r++)
             argmax_all[p + n - rows + r] = s_argmax(logits + (size_t)r * V, V);
@@ -365,20 +462,26 @@ int main(int argc, char **argv) {
     int pos = n_prompt;
     const float *cur = last;
     while (n_gen < a.max_tokens) {
-        int32_t next;
+        int32_t next = 0;
+        if (rank == 0) {
 #ifdef S_HAVE_SAMPLING
-        sampling_result_t sr;
-        if (sampling_sample(&sp, hist, cur, V, (uint64_t)pos, ws, &sr, &err)) goto fail;
-        next = sr.token;
-        if (sampling_history_add(hist, next, true, &err)) goto fail;
+            sampling_result_t sr;
+            if (sampling_sample(&sp, hist, cur, V, (uint64_t)pos, ws, &sr, &err)) goto fail;
+            next = sr.token;
+            if (sampling_history_add(hist, next, true, &err)) goto fail;
 #else
-        next = s_argmax(cur, V);
+            next = s_argmax(cur, V);
 #endif
+        }
+        /* rank 0 decides the next token and whether to stop; the others follow */
+        int32_t msg[2] = {next, 0};
+        if (rank == 0)
+            for (int i = 0; i < n_stop && !a.ignore_eos; i++)
+                msg[1] |= next == stops[i];
+        if (comm && comm_broadcast(comm, msg, sizeof msg, 0, &err)) goto fail;
+        next = msg[0];
         gen[n_gen++] = next;
-        bool stop = false;
-        for (int i = 0; i < n_stop && !a.ignore_eos; i++)
-            stop |= next == stops[i];
-        if (stop || n_gen == a.max_tokens) break;
+        if (msg[1] || n_gen == a.max_tokens) break;
         if (kvcache_seq_reserve(kv, &seq, pos, pos + 1, &err)) goto fail;
         engine_seq_t s = {.tokens = &next,
                           .n_tokens = 1,
@@ -393,11 +496,12 @@ int main(int argc, char **argv) {
     }
     double t_decode = s_now() - t1;
     int n_decode_steps = n_gen > 0 ? n_gen - 1 : 0;
-    fprintf(stderr,
-            "gptoss-run: prefill %d tokens in %.3f s (%.2f tok/s); decode %d tokens in "
-            "%.3f s (%.2f tok/s)\n",
-            n_prompt, t_prefill, n_prompt / (t_prefill > 0 ? t_prefill : 1e-9), n_decode_steps,
-            t_decode, n_decode_steps / (t_decode > 0 ? t_decode : 1e-9));
+    if (rank == 0)
+        fprintf(stderr,
+                "gptoss-run: prefill %d tokens in %.3f s (%.2f tok/s); decode %d tokens in "
+                "%.3f s (%.2f tok/s)\n",
+                n_prompt, t_prefill, n_prompt / (t_prefill > 0 ? t_prefill : 1e-9), n_decode_steps,
+                t_decode, n_decode_steps / (t_decode > 0 ? t_decode : 1e-9));
 
     /* output */
     s_write_ids(stdout, gen, n_gen);
@@ -413,7 +517,7 @@ int main(int argc, char **argv) {
         }
     }
 #endif
-    if (a.dump) {
+    if (a.dump && rank == 0) {
         FILE *f = fopen(a.dump, "w");
         if (!f) {
             gerr_set(&err, "cannot write %s: %s", a.dump, strerror(errno));
@@ -437,7 +541,14 @@ int main(int argc, char **argv) {
     rc = 0;
     goto out;
 fail:
-    fprintf(stderr, "gptoss-run: %s\n", err.msg[0] ? err.msg : "failed");
+    if (a.tp > 1)
+        fprintf(stderr, "gptoss-run: rank %d: %s\n", rank, err.msg[0] ? err.msg : "failed");
+    else
+        fprintf(stderr, "gptoss-run: %s\n", err.msg[0] ? err.msg : "failed");
+    if (comm)
+        comm_abort(comm);
+    else if (a.tp > 1)
+        comm_shm_abort_name(comm_name, &err); /* peers waiting to attach fail at once */
     rc = 1;
 out:
     if (eng) kvcache_seq_release(engine_kv(eng), &seq);
@@ -456,5 +567,10 @@ out:
     free(argmax_all);
     free(logits);
     free(last);
+    comm_destroy(&comm);
+    if (a.tp > 1 && rank == 0) {
+        if (s_tp_reap(kids, a.tp)) rc = 1;
+        comm_shm_unlink(comm_name, &err);
+    }
     return rc;
 }
