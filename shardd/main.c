@@ -10,8 +10,15 @@
  * the gateway sends as a sign of life; when nothing came for 3 intervals the shard exits,
  * so an orphaned shard never lingers. Every wait is a poll with a timeout.
  *
+ * With --world N > 1 the shard is rank R of a tensor-parallel group: LOAD names the shm
+ * comm segment the gateway created, every rank answers every STEP (ranks other than 0 with
+ * an empty RESULT), and a failed collective (a peer died, the group was aborted, a wait
+ * timed out) is answered with STEP_ERROR and ends the process with status 4, so the
+ * supervisor restarts the group; the comm's bounded waits mean it never hangs.
+ *
  * Exit status: 0 after SHUTDOWN or SIGTERM/SIGINT, 1 when it cannot start (bad arguments,
- * ZeroMQ setup), 2 after LOAD_ERROR, 3 when the gateway went silent.
+ * ZeroMQ setup), 2 after LOAD_ERROR, 3 when the gateway went silent, 4 when the
+ * tensor-parallel group broke (a collective failed).
  *
  * Not here: the model and step logic (shard.c), restarts (the gateway's supervisor). */
 #include <errno.h>
@@ -33,7 +40,7 @@
 #include "proto.h"
 #include "shard.h"
 
-enum { S_EXIT_OK = 0, S_EXIT_START = 1, S_EXIT_LOAD = 2, S_EXIT_SILENT = 3 };
+enum { S_EXIT_OK = 0, S_EXIT_START = 1, S_EXIT_LOAD = 2, S_EXIT_SILENT = 3, S_EXIT_COMM = 4 };
 
 #define S_MISSED_BEATS  3
 #define S_MAX_MSG_BYTES (256LL << 20) /* refuse larger frames from the peer */
@@ -304,6 +311,13 @@ static void s_handle(s_state_t *st, s_msg_t *m) {
     }
     case PROTO_STEP: {
         if (shard_step(st->shard, body ? body : (const uint8_t *)"", len, &st->out, &err)) {
+            if (shard_broken(st->shard)) {
+                LOG_ERROR("step", "step %llu failed, the tensor-parallel group is broken: %s",
+                          (unsigned long long)h.seq, err.msg);
+                s_send_error(st->sock, PROTO_STEP_ERROR, st->rank, h.seq, err.msg);
+                st->exit_code = S_EXIT_COMM;
+                return;
+            }
             LOG_WARN("step", "step %llu refused: %s", (unsigned long long)h.seq, err.msg);
             s_send_error(st->sock, PROTO_STEP_ERROR, st->rank, h.seq, err.msg);
             return;

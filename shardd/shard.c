@@ -12,7 +12,19 @@
  * STEP: the body is decoded and checked (slots, positions, duplicate slots, sampling
  * parameters) before the engine runs, the engine checks tokens and block tables before it
  * writes anything, and only then does rank 0 touch the penalty histories and sample. So a
- * refused step leaves the shard exactly as it was. */
+ * refused step leaves the shard exactly as it was.
+ *
+ * Tensor parallelism (world > 1): LOAD names "comm": "shm" and the "comm_name" of a segment
+ * the gateway created (comm_shm_create) before spawning the group; each shard binds its
+ * slice (weights_load_shard: a world that cannot split the model is a LOAD_ERROR), then
+ * joins the segment (bounded by "comm_timeout_ms", which also bounds every collective).
+ * Every rank runs every STEP; the checks before the engine are the same on every rank
+ * (sampling parameters included), so a refused step is refused everywhere before any
+ * collective. Rank 0 gets the gathered logits, samples and answers the tokens; the others
+ * answer an empty RESULT. A failed collective (peer died, aborted, timed out), or a
+ * rank-local failure that would leave the peers waiting (out of memory: the comm is
+ * aborted), marks the shard broken (shard_broken): its group cannot step again, and
+ * gptoss-shardd answers STEP_ERROR and exits 4 so the supervisor restarts the group. */
 #include "shard.h"
 
 #include <cjson/cJSON.h>
@@ -24,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "comm.h"
 #include "cpu/ops_cpu.h"
 #include "engine.h"
 #include "kvcache.h"
@@ -37,6 +50,8 @@ struct shard {
     ops_t *ops;
     int ops_threads;
     /* after LOAD */
+    comm_t *comm; /* world > 1: the group's comm (owned) */
+    bool broken;  /* a collective failed: no more steps */
     weights_t *w;
     engine_t *eng;
     int vocab;         /* logits row length (engine_vocab) */
@@ -103,6 +118,7 @@ static void s_unload(shard_t *s) {
     s->hist = NULL;
     sampling_ws_destroy(&s->ws);
     engine_free(&s->eng);
+    comm_destroy(&s->comm);
     weights_free(&s->w);
     free(s->logits);
     free(s->eseqs);
@@ -140,6 +156,10 @@ char *shard_hello_json(const shard_t *s) {
 
 bool shard_loaded(const shard_t *s) {
     return s->eng != NULL;
+}
+
+bool shard_broken(const shard_t *s) {
+    return s->broken;
 }
 
 /* ---- LOAD -------------------------------------------------------------------------- */
@@ -248,7 +268,7 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
     }
     int rc = GERR_INVALID;
     const char *model, *kv_dtype, *comm, *comm_name;
-    long long bs, n_full, n_win, max_seqs, max_chunk, threads, vocab_limit;
+    long long bs, n_full, n_win, max_seqs, max_chunk, threads, vocab_limit, comm_timeout;
     if ((rc = s_json_str(root, "model", true, &model, err)) ||
         (rc = s_json_str(root, "kv_dtype", false, &kv_dtype, err)) ||
         (rc = s_json_str(root, "comm", false, &comm, err)) ||
@@ -259,7 +279,9 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
         (rc = s_json_int(root, "max_seqs", true, 0, 1, 1 << 20, &max_seqs, err)) ||
         (rc = s_json_int(root, "max_chunk", true, 0, 1, 1 << 24, &max_chunk, err)) ||
         (rc = s_json_int(root, "threads", false, 0, 0, 4096, &threads, err)) ||
-        (rc = s_json_int(root, "vocab_limit", false, 0, 0, INT_MAX, &vocab_limit, err)))
+        (rc = s_json_int(root, "vocab_limit", false, 0, 0, INT_MAX, &vocab_limit, err)) ||
+        (rc = s_json_int(root, "comm_timeout_ms", false, COMM_DEFAULT_TIMEOUT_MS, 1, 3600000,
+                         &comm_timeout, err)))
         goto out;
     rc = GERR_INVALID;
     if (!model[0]) {
@@ -278,11 +300,11 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
         gerr_set(err, "LOAD: field \"comm\" must be \"single\" or \"shm\", got \"%.64s\"", comm);
         goto out;
     }
-    if (s->o.world != 1) {
+    if (s->o.world > 1 && (!comm || strcmp(comm, "shm") != 0 || !comm_name || !comm_name[0])) {
         gerr_set(err,
-                 "LOAD: world %d: tensor parallelism over several shards is not implemented "
-                 "yet (start one shard with --world 1)",
-                 s->o.world);
+                 "LOAD: world %d needs \"comm\": \"shm\" and the \"comm_name\" of the group's "
+                 "segment (got comm \"%.64s\")",
+                 s->o.world, comm ? comm : "(none)");
         goto out;
     }
     if (threads > 0 && threads != s->ops_threads) {
@@ -292,9 +314,17 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
         rc = GERR_INVALID;
     }
 
-    if ((rc = weights_load(model, &s->w, err))) {
+    if ((rc = weights_load_shard(model, s->o.rank, s->o.world, &s->w, err))) {
         gerr_prefix(err, "LOAD: model \"%.512s\"", model);
         goto fail;
+    }
+    if (s->o.world > 1) {
+        comm_shm_opts_t co = {.attach_timeout_ms = (int)comm_timeout,
+                              .timeout_ms = (int)comm_timeout};
+        if ((rc = comm_shm_new(comm_name, s->o.rank, s->o.world, &co, &s->comm, err))) {
+            gerr_prefix(err, "LOAD: rank %d of %d", s->o.rank, s->o.world);
+            goto fail;
+        }
     }
     const gptoss_config_t *c = &s->w->cfg;
     if (vocab_limit == 0) vocab_limit = c->vocab_size;
@@ -307,6 +337,7 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
     engine_opts_t eo;
     if ((rc = s_kv_budget(s->w, dt, (int)bs, (int)n_full, (int)n_win, (int)max_chunk, &eo, err)))
         goto fail;
+    eo.comm = s->comm;
     if ((rc = engine_new(s->w, s->ops, &eo, &s->eng, err))) {
         gerr_prefix(err, "LOAD: KV cache of %d full + %d window blocks", (int)n_full, (int)n_win);
         goto fail;
@@ -343,11 +374,14 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
                      s->n_window_blocks, (int)bs, kvcache_bytes(engine_kv(s->eng)));
     if (n < 0 || (size_t)n >= sizeof buf || !(*ready = strdup(buf))) goto nomem;
     LOG_INFO("load",
-             "loaded %s in %.0f ms: %d layers, vocab %d (limit %d), KV %s %d full + %d window "
-             "blocks of %d, %zu MiB, %d threads (%s)",
-             model, load_ms, c->num_hidden_layers, c->vocab_size, s->vocab_limit,
-             dt == OPS_KV_BF16 ? "bf16" : "f32", s->n_full_blocks, s->n_window_blocks, (int)bs,
-             kvcache_bytes(engine_kv(s->eng)) >> 20, ops_cpu_threads(s->ops), s->ops->name);
+             "loaded %s in %.0f ms: rank %d of %d (%d q / %d kv heads, %d units, vocab rows "
+             "%d..%d), %d layers, vocab %d (limit %d), KV %s %d full + %d window blocks of %d, "
+             "%zu MiB, %d threads (%s)",
+             model, load_ms, s->o.rank, s->o.world, s->w->n_heads, s->w->n_kv_heads, s->w->n_units,
+             s->w->vocab_begin, s->w->vocab_begin + s->w->vocab_rows - 1, c->num_hidden_layers,
+             c->vocab_size, s->vocab_limit, dt == OPS_KV_BF16 ? "bf16" : "f32", s->n_full_blocks,
+             s->n_window_blocks, (int)bs, kvcache_bytes(engine_kv(s->eng)) >> 20,
+             ops_cpu_threads(s->ops), s->ops->name);
     rc = 0;
     goto out;
 nomem:
@@ -374,7 +408,7 @@ static int s_grow(shard_t *s, int n) {
         if (!e || !p || !r) return GERR_NOMEM;
         s->cap_seqs = n;
     }
-    if (n > s->cap_rows) {
+    if (n > s->cap_rows && s->o.rank == 0) { /* logits come to rank 0 only */
         float *l = realloc(s->logits, sizeof(float) * (size_t)s->vocab * (size_t)n);
         if (!l) return GERR_NOMEM;
         s->logits = l;
@@ -428,8 +462,8 @@ static int s_check_seq(shard_t *s, const proto_seq_t *q, uint32_t i, sampling_pa
     p->seed_set = true;
     p->n_logprobs = q->n_logprobs;
     p->vocab_limit = s->vocab_limit;
-    if (s->o.rank == 0 && (q->flags & PROTO_SEQ_SAMPLE) &&
-        sampling_params_validate(p, s->vocab, err)) {
+    /* every rank checks, so that a step is refused by all ranks alike, before any collective */
+    if ((q->flags & PROTO_SEQ_SAMPLE) && sampling_params_validate(p, s->vocab, err)) {
         gerr_prefix(err, "STEP sequence %u (slot %u)", i, q->slot);
         return GERR_INVALID;
     }
@@ -458,6 +492,11 @@ int shard_step(shard_t *s, const uint8_t *body, size_t len, proto_buf_t *out, ge
         gerr_set(err, "STEP before LOAD completed (no model is loaded)");
         return GERR_INVALID;
     }
+    if (s->broken) {
+        gerr_set(err, "STEP: the tensor-parallel group is broken (a collective failed); the "
+                      "group must be restarted");
+        return COMM_ERR_ABORTED;
+    }
     double t0 = s_now_ms();
     proto_seq_t *q = NULL;
     uint32_t n = 0;
@@ -474,6 +513,10 @@ int shard_step(shard_t *s, const uint8_t *body, size_t len, proto_buf_t *out, ge
     if (n && s_grow(s, (int)n)) {
         gerr_set(err, "out of memory for a step of %u sequences", n);
         rc = GERR_NOMEM;
+        if (s->comm) { /* the peers would wait for us in the first collective */
+            comm_abort(s->comm);
+            s->broken = true;
+        }
         goto out;
     }
     memset(s->slot_seen, 0, (size_t)s->max_seqs);
@@ -488,7 +531,15 @@ int shard_step(shard_t *s, const uint8_t *body, size_t len, proto_buf_t *out, ge
                                      .window_blocks = q[i].window,
                                      .n_window_blocks = (int)q[i].n_window};
     }
-    if (n && (rc = engine_step(s->eng, s->eseqs, (int)n, s->logits, err))) goto out;
+    if (n && (rc = engine_step(s->eng, s->eseqs, (int)n, s->logits, err))) {
+        /* GERR_INVALID / GERR_LIMIT: input refused on every rank before any collective;
+         * anything else in a group failed or aborted a collective */
+        if (s->comm && rc != GERR_INVALID && rc != GERR_LIMIT) {
+            comm_abort(s->comm);
+            s->broken = true;
+        }
+        goto out;
+    }
     uint32_t n_out = 0;
     if (s->o.rank == 0) {
         for (uint32_t i = 0; i < n; i++)

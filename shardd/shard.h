@@ -8,8 +8,10 @@
  * history of PROTOCOL.md. Bad input from the gateway is refused with a message and
  * changes nothing, so the shard stays up.
  *
- * Not here: ZeroMQ, heartbeats, signals, the process's exit codes (shardd/main.c), and
- * tensor parallelism (world > 1 is refused at LOAD until the comm layer exists). */
+ * With world > 1 the shard holds its tensor-parallel slice and joins the group's shm comm
+ * at LOAD (shard.c says how); every rank runs every STEP, rank 0 alone samples.
+ *
+ * Not here: ZeroMQ, heartbeats, signals, the process's exit codes (shardd/main.c). */
 #ifndef GPTOSS_SHARD_H
 #define GPTOSS_SHARD_H
 
@@ -40,6 +42,10 @@ char *shard_hello_json(const shard_t *s);
 
 /* True once a LOAD succeeded. */
 bool shard_loaded(const shard_t *s);
+
+/* True once a collective of this shard's group failed (peer died, aborted, timed out): every
+ * later STEP fails, and the process should exit (status 4) so the group is restarted. */
+bool shard_broken(const shard_t *s);
 
 /* Handles a LOAD body (json[0..len), borrowed): validates every field, loads the model and
  * allocates the KV pools. On success *ready is the READY body (caller frees). Refuses a
