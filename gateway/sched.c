@@ -32,6 +32,7 @@
  * restarted (all shards of the group together) with backoff 1, 2, 4 s. */
 #include "sched.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -47,6 +48,7 @@
 #include "kvcache.h"
 #include "log.h"
 #include "metrics.h"
+#include "profile.h"
 #include "proto.h"
 #include "sampling.h"
 #include "shardlink.h"
@@ -120,13 +122,22 @@ typedef struct {
     uint32_t flags;
 } entry_t;
 
-struct sched {
+/* Everything a profile decides: the options with defaults filled in (strings point at the
+ * owned copies), the model's config and the KV plan. Replaced whole by a profile switch. */
+typedef struct {
     sched_opts_t o;
     char *model_dir, *shardd_path, *run_dir, *kv_dtype; /* owned copies */
+    char *profile_name, *profiles_dir, *reasoning;      /* owned copies ("" when none) */
     gptoss_config_t cfg;
     int vocab;
     int max_context;
     kvcache_opts_t kvo;
+} s_conf_t;
+
+#define SCHED_DEATH_RING 64
+
+struct sched {
+    s_conf_t c;
 
     /* shared with other threads, under mu */
     pthread_mutex_t mu;
@@ -135,6 +146,11 @@ struct sched {
     int n_live, cap_live;
     int n_pending; /* requests accepted and not yet admitted (queue limit) */
     bool stop, draining;
+    s_conf_t *switch_to; /* a profile switch handed over by sched_switch (owned) */
+    bool switching;      /* from sched_switch until the switch ends (new requests 503) */
+    int restart_rank;    /* restart-shard asked for this rank (-1: none) */
+    /* what sched_submit checks, copied from c under mu whenever c changes */
+    int pub_vocab, pub_vocab_limit, pub_max_context, pub_max_queue;
     sched_stats_t stats;
     uint64_t next_id;
     int efd;
@@ -154,8 +170,18 @@ struct sched {
     int n_running;
     bool *slot_used; /* [max_running] */
     uint64_t next_uid;
-    int restarts;
+    int restarts;      /* group restarts so far */
     double restart_at; /* > 0: respawn the shards then */
+    double deaths[SCHED_DEATH_RING]; /* gw_now() of recent shard deaths (ring) */
+    int n_deaths;                    /* deaths ever (ring index) */
+    int deaths_rank[SCHED_MAX_SHARDS];
+    double degraded_retry_at; /* > 0: DEGRADED tries the shards again then */
+    /* profile switch (thread only): 0 none, 1 draining the old group, 2 the new one loading */
+    int switch_phase;
+    double switch_deadline;
+    s_conf_t *switch_new;  /* phase 1: the settings to apply */
+    s_conf_t *switch_prev; /* phase 2: the old settings, put back if the new group fails */
+    char switch_error[256];
     bool selftest_started;
     /* the step in flight */
     bool inflight;
@@ -435,7 +461,7 @@ static void s_accept(sched_t *s, gw_request_t *req) {
     r->pending = true;
     r->t.submitted = gw_now();
     r->t.prompt_tokens = req->n_prompt;
-    r->deadline = r->t.submitted + (req->max_time_s > 0 ? req->max_time_s : s->o.max_time_s);
+    r->deadline = r->t.submitted + (req->max_time_s > 0 ? req->max_time_s : s->c.o.max_time_s);
     r->selftest = req->id == 0;
     for (int c = 0; c < req->n_choices; c++) {
         seq_t *q = &seqs[c];
@@ -492,14 +518,27 @@ static void s_check_deadlines(sched_t *s) {
 
 /* ---------------------------------------------------------------- shards */
 
+static void s_switch_failed(sched_t *s, const char *why);
+static void s_conf_free(s_conf_t *c);
+static int s_conf_apply(sched_t *s, s_conf_t *c, gerr_t *err);
+
+/* Gives up on the shards: every request fails with a message naming the cause, new ones get
+ * 503 at once. An automatic retry (degraded_retry_s), restart-shard or a profile switch
+ * leaves this state. */
 static void s_degrade(sched_t *s, const char *why) {
+    if (s->switch_phase == 2 && s->switch_prev) { /* the new profile failed: go back */
+        s_switch_failed(s, why);
+        return;
+    }
     s->state = SCHED_STATE_DEGRADED;
     s_copy(s->state_msg, sizeof s->state_msg, why);
     s->ready_checked = false;
     s->inflight = false;
     s->restart_at = 0;
-    LOG_ERROR("sched", "degraded: %s", why);
-    shardlink_kill_all(s->sl);
+    s->degraded_retry_at = s->c.o.degraded_retry_s > 0 ? gw_now() + s->c.o.degraded_retry_s : 0;
+    LOG_ERROR("sched", "degraded: %s%s", why,
+              s->degraded_retry_at > 0 ? "; will retry the shards later" : "");
+    if (s->sl) shardlink_kill_all(s->sl);
     char msg[300];
     snprintf(msg, sizeof msg, "inference unavailable: %s", why);
     s_fail_all(s, GW_FINISH_ERROR, msg);
@@ -513,24 +552,66 @@ static void s_requeue_running(sched_t *s) {
     s->inflight = false;
 }
 
-static void s_on_shard_dead(sched_t *s, const char *why) {
-    if (s->state == SCHED_STATE_DEGRADED || s->state == SCHED_STATE_STOPPED) return;
+/* Deaths within the crash-loop window, counting one at `now`. */
+static int s_recent_deaths(const sched_t *s, double now) {
+    int n = 0;
+    int have = s->n_deaths < SCHED_DEATH_RING ? s->n_deaths : SCHED_DEATH_RING;
+    for (int i = 0; i < have; i++)
+        if (now - s->deaths[i] <= s->c.o.crash_loop_window_s) n++;
+    return n;
+}
+
+/* Kills the whole group (survivors' collectives aborted first) and puts every running
+ * sequence back in the queue; the caller schedules the new start. */
+static void s_stop_group(sched_t *s) {
     shardlink_kill_all(s->sl);
     s_requeue_running(s);
     s->ready_checked = false;
-    if (s->restarts >= SCHED_MAX_RESTARTS) {
+}
+
+/* A shard died (rank -1: unknown which): restart the group after a backoff, or DEGRADED
+ * when the deaths come too fast (crash loop). */
+static void s_on_shard_dead(sched_t *s, int rank, const char *why) {
+    if (s->state == SCHED_STATE_DEGRADED || s->state == SCHED_STATE_STOPPED) return;
+    s_stop_group(s);
+    double now = gw_now();
+    s->deaths[s->n_deaths % SCHED_DEATH_RING] = now;
+    s->n_deaths++;
+    if (rank >= 0 && rank < SCHED_MAX_SHARDS) s->deaths_rank[rank]++;
+    int recent = s_recent_deaths(s, now);
+    if (s->switch_phase == 2 && s->switch_prev) {
+        s_switch_failed(s, why);
+        return;
+    }
+    if (recent >= s->c.o.crash_loop_deaths) {
         char msg[300];
-        snprintf(msg, sizeof msg, "%s; gave up after %d restarts", why, s->restarts);
+        snprintf(msg, sizeof msg, "crash loop: %d shard deaths within %.0f s; last: %.200s",
+                 recent, s->c.o.crash_loop_window_s, why);
         s_degrade(s, msg);
         return;
     }
-    double backoff = (double)(1 << s->restarts);
+    double backoff = 0.25 * (double)(1 << (recent - 1 < 6 ? recent - 1 : 6));
     s->restarts++;
-    s->restart_at = gw_now() + backoff;
+    s->restart_at = now + backoff;
     s->state = SCHED_STATE_LOADING;
-    snprintf(s->state_msg, sizeof s->state_msg, "%s; restarting the shards in %.0f s", why,
+    snprintf(s->state_msg, sizeof s->state_msg, "%.200s; restarting the shards in %.2f s", why,
              backoff);
-    LOG_WARN("sched", "%s", s->state_msg);
+    LOG_WARN("sched", "%s (%d running and waiting sequences will be re-prefilled)", s->state_msg,
+             s->n_waiting_seqs);
+}
+
+/* Leaves DEGRADED or restarts a healthy group now (operator restart-shard, automatic retry):
+ * not counted as a death, no backoff. */
+static void s_restart_now(sched_t *s, const char *why) {
+    if (s->state == SCHED_STATE_STOPPED) return;
+    LOG_WARN("sched", "restarting the shard group: %s", why);
+    s_stop_group(s);
+    s->n_deaths = 0; /* a fresh crash-loop window */
+    s->restarts++;
+    s->restart_at = gw_now();
+    s->degraded_retry_at = 0;
+    s->state = SCHED_STATE_LOADING;
+    s_copy(s->state_msg, sizeof s->state_msg, why);
 }
 
 /* Queues the internal one-token generation that gates READY. */
@@ -545,8 +626,8 @@ static void s_start_selftest(sched_t *s) {
         s_degrade(s, "out of memory starting the self-test");
         return;
     }
-    req->prompt[0] = 1 % s->vocab;
-    req->prompt[1] = 2 % s->vocab;
+    req->prompt[0] = 1 % s->c.vocab;
+    req->prompt[1] = 2 % s->c.vocab;
     req->n_prompt = 2;
     req->n_choices = 1;
     req->max_tokens = 1;
@@ -568,7 +649,7 @@ static void s_on_event(sched_t *s, shardlink_event_t *ev) {
     switch (ev->kind) {
     case SHARDLINK_EV_READY:
         if (shardlink_all_up(s->sl)) {
-            LOG_INFO("sched", "all %d shards ready", s->o.n_shards);
+            LOG_INFO("sched", "all %d shards ready", s->c.o.n_shards);
             if (!s->selftest_started && s->state == SCHED_STATE_LOADING) s_start_selftest(s);
         }
         break;
@@ -577,7 +658,7 @@ static void s_on_event(sched_t *s, shardlink_event_t *ev) {
         s_degrade(s, msg);
         break;
     case SHARDLINK_EV_DEAD:
-        s_on_shard_dead(s, ev->message);
+        s_on_shard_dead(s, ev->rank, ev->message);
         break;
     case SHARDLINK_EV_RESULT:
     case SHARDLINK_EV_STEP_ERROR:
@@ -585,6 +666,14 @@ static void s_on_event(sched_t *s, shardlink_event_t *ev) {
             LOG_WARN("sched", "dropped a stale %s for step %llu from shard %d",
                      ev->kind == SHARDLINK_EV_RESULT ? "RESULT" : "STEP_ERROR",
                      (unsigned long long)ev->seq, ev->rank);
+            break;
+        }
+        if (ev->kind == SHARDLINK_EV_STEP_ERROR && strstr(ev->message, "comm")) {
+            /* a collective failed (a peer died or was aborted): the shard exits; this is a
+             * group failure, not a bad step, so the sequences are re-prefilled */
+            snprintf(msg, sizeof msg, "shard %d: collective failed in step %llu: %.400s",
+                     ev->rank, (unsigned long long)ev->seq, ev->message);
+            s_on_shard_dead(s, ev->rank, msg);
             break;
         }
         s->arrived_rank[ev->rank] = true;
@@ -599,7 +688,7 @@ static void s_on_event(sched_t *s, shardlink_event_t *ev) {
             s->n_samples = ev->n_samples;
             ev->samples = NULL;
         }
-        if (s->arrived == s->o.n_shards) s_apply_step(s);
+        if (s->arrived == s->c.o.n_shards) s_apply_step(s);
         break;
     default:
         break;
@@ -659,7 +748,7 @@ static void s_on_token(sched_t *s, seq_t *q, const proto_sample_t *sm, double no
             s_seq_finish(s, q, GW_FINISH_STOP, NULL);
             return;
         }
-    if (q->n_gen >= req->max_tokens || q->n_toks >= s->max_context)
+    if (q->n_gen >= req->max_tokens || q->n_toks >= s->c.max_context)
         s_seq_finish(s, q, GW_FINISH_LENGTH, NULL);
 }
 
@@ -690,7 +779,7 @@ static void s_apply_step(sched_t *s) {
             s_seq_finish(s, q, GW_FINISH_ERROR, "the shard returned no token for this sequence");
             continue;
         }
-        if (sm->token < 0 || sm->token >= s->vocab) {
+        if (sm->token < 0 || sm->token >= s->c.vocab) {
             s_seq_finish(s, q, GW_FINISH_ERROR, "the shard returned an out-of-range token id");
             continue;
         }
@@ -734,7 +823,7 @@ static int s_min(int a, int b) {
 }
 
 static void s_build_and_send(sched_t *s) {
-    int budget = s->o.max_batch_tokens;
+    int budget = s->c.o.max_batch_tokens;
     s->n_entries = 0;
     /* 1. decode tokens of running sequences */
     for (int i = 0; i < s->n_running && budget > 0; i++) {
@@ -752,16 +841,16 @@ static void s_build_and_send(sched_t *s) {
         for (int j = 0; j < s->n_entries; j++)
             if (s->entries[j].seq == q) planned = true;
         if (planned) continue;
-        budget -= s_plan_running(s, q, s_min(s_min(left, s->o.prefill_chunk), budget));
+        budget -= s_plan_running(s, q, s_min(s_min(left, s->c.o.prefill_chunk), budget));
         if (i >= s->n_running || s->running[i] != q) i--;
     }
     /* 3. admission, FIFO */
     bool admit = s->state == SCHED_STATE_READY || s->state == SCHED_STATE_DRAINING ||
                  (s->q_head && s->q_head->rq->selftest);
-    while (admit && s->q_head && s->n_running < s->o.max_running && budget > 0) {
+    while (admit && s->q_head && s->n_running < s->c.o.max_running && budget > 0) {
         seq_t *q = s->q_head;
         if (!q->rq->selftest && s->state == SCHED_STATE_LOADING) break;
-        int n = s_min(s_min(q->n_toks - q->n_done, s->o.prefill_chunk), budget);
+        int n = s_min(s_min(q->n_toks - q->n_done, s->c.o.prefill_chunk), budget);
         int nf, nw;
         kvalloc_need(s->kv, &q->kv, q->n_done, q->n_done + n, &nf, &nw);
         int reserve = s->n_running; /* one growth block per running sequence */
@@ -835,7 +924,7 @@ static void s_build_and_send(sched_t *s) {
     }
     s->step_seq++;
     if (shardlink_send_all(s->sl, PROTO_STEP, s->step_seq, s->buf.data, s->buf.len, &err) != 0) {
-        s_on_shard_dead(s, err.msg);
+        s_on_shard_dead(s, -1, err.msg);
         return;
     }
     double now = gw_now();
@@ -869,11 +958,32 @@ static void s_publish(sched_t *s) {
         if (now - s->rate_t[b] < SCHED_RATE_BUCKETS) recent += s->rate_n[b];
     pthread_mutex_lock(&s->mu);
     sched_stats_t *st = &s->stats;
-    st->state = s->state == SCHED_STATE_READY && s->draining ? SCHED_STATE_DRAINING : s->state;
-    snprintf(st->state_message, sizeof st->state_message, "%s",
-             st->state == SCHED_STATE_DRAINING ? "draining: running requests finish, new ones "
-                                                 "are refused"
-                                               : s->state_msg);
+    bool sw_drain = s->switch_phase == 1;
+    st->state = s->state == SCHED_STATE_READY && (s->draining || sw_drain) ? SCHED_STATE_DRAINING
+                                                                           : s->state;
+    if (sw_drain && s->switch_new)
+        snprintf(st->state_message, sizeof st->state_message,
+                 "switching to profile '%.60s': finishing %d running request(s) first",
+                 s->switch_new->profile_name, s->n_running + s->n_waiting_seqs);
+    else if (st->state == SCHED_STATE_DRAINING)
+        snprintf(st->state_message, sizeof st->state_message,
+                 "draining: running requests finish, new ones are refused");
+    else if (s->state == SCHED_STATE_READY && s->switch_error[0])
+        snprintf(st->state_message, sizeof st->state_message, "%.255s", s->switch_error);
+    else
+        snprintf(st->state_message, sizeof st->state_message, "%s", s->state_msg);
+    s_copy(st->profile, sizeof st->profile, s->c.profile_name ? s->c.profile_name : "");
+    s_copy(st->model_dir, sizeof st->model_dir, s->c.model_dir ? s->c.model_dir : "");
+    const s_conf_t *target = s->switch_new       ? s->switch_new
+                             : s->switch_phase == 2 ? &s->c
+                                                    : NULL;
+    s_copy(st->switching_to, sizeof st->switching_to, target ? target->profile_name : "");
+    st->generation = s->sl ? shardlink_generation(s->sl) : 0;
+    st->deaths_recent = s_recent_deaths(s, now);
+    st->default_max_tokens = s->c.o.default_max_tokens;
+    st->default_temperature = s->c.o.default_temperature;
+    s_copy(st->default_reasoning, sizeof st->default_reasoning,
+           s->c.reasoning ? s->c.reasoning : "");
     st->ready_checked = s->ready_checked && s->state == SCHED_STATE_READY;
     st->uptime_s = now - s->started_at;
     st->requests_total = s->requests_total;
@@ -885,19 +995,20 @@ static void s_publish(sched_t *s) {
     st->waiting = s->n_pending;
     st->kv_blocks_total = kvalloc_total(s->kv);
     st->kv_blocks_used = kvalloc_used(s->kv);
-    st->n_shards = s->o.n_shards;
-    for (int r = 0; r < s->o.n_shards && s->sl; r++) {
+    st->n_shards = s->c.o.n_shards;
+    memset(st->shards, 0, sizeof st->shards);
+    for (int r = 0; r < s->c.o.n_shards && s->sl; r++) {
         const shardlink_shard_t *sh = shardlink_shard(s->sl, r);
         sched_shard_stats_t *o = &st->shards[r];
         o->rank = r;
         o->pid = sh->pid;
         o->up = sh->state == SHARDLINK_UP;
         o->heartbeat_age_s = sh->pid > 0 ? now - sh->last_heard : 0;
-        o->restarts = s->restarts;
+        o->restarts = s->deaths_rank[r];
         s_copy(o->last_error, sizeof o->last_error, sh->last_error);
     }
-    st->vocab_size = s->vocab;
-    st->max_context = s->max_context;
+    st->vocab_size = s->c.vocab;
+    st->max_context = s->c.max_context;
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -928,6 +1039,132 @@ static void s_drain_inbox_failing(sched_t *s, const char *msg) {
     }
 }
 
+/* ---------------------------------------------------------------- profile switch */
+
+/* Phase 1 -> 2: the old group is stopped and the new settings applied and started. */
+static void s_switch_apply(sched_t *s) {
+    gerr_t err = {{0}};
+    if (s->rqs) s_fail_all(s, GW_FINISH_ERROR, "the server switched profiles before this "
+                                               "request finished; retry it");
+    s_requeue_running(s);
+    shardlink_free(&s->sl, 5.0); /* SHUTDOWN, then SIGKILL after the grace */
+    s_conf_t *prev = malloc(sizeof *prev);
+    if (!prev) {
+        s_conf_free(s->switch_new);
+        free(s->switch_new);
+        s->switch_new = NULL;
+        s_switch_failed(s, "out of memory");
+        return;
+    }
+    *prev = s->c;
+    memset(&s->c, 0, sizeof s->c);
+    s->switch_prev = prev;
+    s_conf_t *nc = s->switch_new;
+    s->switch_new = NULL;
+    s->switch_phase = 2;
+    int rc = s_conf_apply(s, nc, &err);
+    s_conf_free(nc);
+    free(nc);
+    if (rc) {
+        s_switch_failed(s, err.msg);
+        return;
+    }
+    s->n_deaths = 0;
+    s->selftest_started = false;
+    s->restart_at = 0;
+    s->degraded_retry_at = 0;
+    s->ready_checked = false;
+    s->state = SCHED_STATE_LOADING;
+    snprintf(s->state_msg, sizeof s->state_msg, "switching to profile '%.60s': starting %d shard(s)",
+             s->c.profile_name, s->c.o.n_shards);
+    LOG_INFO("sched", "%s", s->state_msg);
+    if (shardlink_start(s->sl, &err) != 0) s_switch_failed(s, err.msg);
+}
+
+/* The new profile's group failed to come up: put the old settings back and start them. */
+static void s_switch_failed(sched_t *s, const char *why) {
+    char name[72];
+    s_copy(name, sizeof name, s->c.profile_name ? s->c.profile_name : "?");
+    s_conf_t *prev = s->switch_prev;
+    s->switch_prev = NULL;
+    s->switch_phase = 0;
+    if (s->rqs) s_fail_all(s, GW_FINISH_ERROR, "the profile switch failed");
+    s_requeue_running(s);
+    shardlink_free(&s->sl, 0);
+    gerr_t err = {{0}};
+    int rc = prev ? s_conf_apply(s, prev, &err) : GERR_INVALID;
+    if (prev) {
+        s_conf_free(prev);
+        free(prev);
+    }
+    snprintf(s->switch_error, sizeof s->switch_error, "profile '%.40s' failed: %.140s; %s", name,
+             why, rc == 0 ? "back on the previous profile" : "no profile is running");
+    LOG_ERROR("sched", "%s", s->switch_error);
+    pthread_mutex_lock(&s->mu);
+    s->switching = false;
+    pthread_mutex_unlock(&s->mu);
+    s->selftest_started = false;
+    s->n_deaths = 0;
+    s->ready_checked = false;
+    if (rc) {
+        s->state = SCHED_STATE_DEGRADED;
+        snprintf(s->state_msg, sizeof s->state_msg, "%.200s (%.50s)", s->switch_error, err.msg);
+        s->restart_at = 0;
+        return;
+    }
+    s->state = SCHED_STATE_LOADING;
+    s_copy(s->state_msg, sizeof s->state_msg, s->switch_error);
+    s->restart_at = gw_now();
+}
+
+/* Takes what other threads asked for (restart-shard, switch-profile) and moves a switch on. */
+static void s_control(sched_t *s) {
+    pthread_mutex_lock(&s->mu);
+    int rank = s->restart_rank;
+    s->restart_rank = -1;
+    s_conf_t *sw = s->switch_to;
+    s->switch_to = NULL;
+    pthread_mutex_unlock(&s->mu);
+    double now = gw_now();
+    if (rank >= 0 && s->switch_phase == 0) {
+        char why[128];
+        snprintf(why, sizeof why, "operator restart of shard %d (its group restarts)", rank);
+        s_restart_now(s, why);
+    }
+    if (sw) {
+        s->switch_new = sw;
+        s->switch_phase = 1;
+        s->switch_deadline = now + s->c.o.switch_grace_s;
+        s->switch_error[0] = 0;
+        LOG_INFO("sched", "switching to profile '%s' (model %s, %d shard(s)): draining",
+                 sw->profile_name, sw->model_dir, sw->o.n_shards);
+    }
+    if (s->switch_phase == 1) {
+        bool idle = !s->rqs || s->state == SCHED_STATE_DEGRADED;
+        if (idle || now >= s->switch_deadline) {
+            if (!idle)
+                LOG_WARN("sched", "switch: %d requests still running after %.0f s; failing them",
+                         s->n_running + s->n_waiting_seqs, s->c.o.switch_grace_s);
+            s_switch_apply(s);
+        }
+    } else if (s->switch_phase == 2 && s->state == SCHED_STATE_READY) {
+        LOG_INFO("sched", "switched to profile '%s'", s->c.profile_name);
+        s->switch_phase = 0;
+        if (s->switch_prev) s_conf_free(s->switch_prev);
+        free(s->switch_prev);
+        s->switch_prev = NULL;
+        pthread_mutex_lock(&s->mu);
+        s->switching = false;
+        pthread_mutex_unlock(&s->mu);
+    }
+    if (s->state == SCHED_STATE_DEGRADED && s->switch_phase == 0 && s->degraded_retry_at > 0 &&
+        now >= s->degraded_retry_at) {
+        char why[300];
+        snprintf(why, sizeof why, "retrying the shards after: %.200s", s->state_msg);
+        s_restart_now(s, why);
+    }
+}
+
 static void *s_main(void *arg) {
     sched_t *s = arg;
     gerr_t err = {{0}};
@@ -938,9 +1175,10 @@ static void *s_main(void *arg) {
         bool stop = s->stop;
         pthread_mutex_unlock(&s->mu);
         if (stop) break;
-        zmq_pollitem_t it[2] = {{.socket = shardlink_socket(s->sl), .events = ZMQ_POLLIN},
+        zmq_pollitem_t it[2] = {{.socket = s->sl ? shardlink_socket(s->sl) : NULL,
+                                 .events = ZMQ_POLLIN},
                                 {.fd = s->efd, .events = ZMQ_POLLIN}};
-        int rc = zmq_poll(it, 2, SCHED_POLL_MS);
+        int rc = s->sl ? zmq_poll(it, 2, SCHED_POLL_MS) : zmq_poll(&it[1], 1, SCHED_POLL_MS);
         if (rc < 0 && errno != EINTR) {
             LOG_ERROR("sched", "zmq_poll: %s", zmq_strerror(errno));
             struct timespec ts = {0, SCHED_POLL_MS * 1000000L};
@@ -952,30 +1190,39 @@ static void *s_main(void *arg) {
                 LOG_WARN("sched", "eventfd read: %s", strerror(errno));
         }
         s_take_inbox(s);
+        s_control(s);
         if (s->state == SCHED_STATE_DEGRADED) s_fail_all(s, GW_FINISH_ERROR, s->state_msg);
+        if (!s->sl) { /* only after a failed rollback: nothing to drive */
+            s_publish(s);
+            continue;
+        }
         for (int i = 0; i < 1024; i++) { /* bounded: heartbeats and deadlines run too */
             shardlink_event_t ev;
             int r = shardlink_recv(s->sl, &ev);
             if (r == 1) s_on_event(s, &ev);
             shardlink_event_clear(&ev);
-            if (r <= 0) break;
+            if (r <= 0 || !s->sl) break;
         }
         shardlink_event_t ev;
-        if (s->state != SCHED_STATE_DEGRADED && shardlink_tick(s->sl, &ev) == 1) s_on_event(s, &ev);
+        if (s->sl && s->state != SCHED_STATE_DEGRADED && shardlink_tick(s->sl, &ev) == 1)
+            s_on_event(s, &ev);
         shardlink_event_clear(&ev);
         if (s->inflight && gw_now() > s->step_deadline) {
             char msg[200];
-            snprintf(msg, sizeof msg, "step %llu missed its deadline",
+            int late = -1;
+            for (int r = 0; r < s->c.o.n_shards && late < 0; r++)
+                if (!s->arrived_rank[r]) late = r;
+            snprintf(msg, sizeof msg, "shard %d missed the deadline of step %llu", late,
                      (unsigned long long)s->step_seq);
-            s_on_shard_dead(s, msg);
+            s_on_shard_dead(s, late, msg);
         }
-        if (s->restart_at > 0 && gw_now() >= s->restart_at) {
+        if (s->sl && s->restart_at > 0 && gw_now() >= s->restart_at) {
             s->restart_at = 0;
-            LOG_INFO("sched", "restarting the shards (restart %d)", s->restarts);
-            if (shardlink_start(s->sl, &err) != 0) s_on_shard_dead(s, err.msg);
+            LOG_INFO("sched", "starting the shards (restart %d)", s->restarts);
+            if (shardlink_start(s->sl, &err) != 0) s_on_shard_dead(s, -1, err.msg);
         }
         s_check_deadlines(s);
-        if (!s->inflight && s->restart_at == 0 && s->state != SCHED_STATE_DEGRADED &&
+        if (s->sl && !s->inflight && s->restart_at == 0 && s->state != SCHED_STATE_DEGRADED &&
             shardlink_all_up(s->sl))
             s_build_and_send(s);
         s_publish(s);
@@ -987,7 +1234,7 @@ static void *s_main(void *arg) {
     shardlink_free(&s->sl, 5.0);
     s_publish(s);
     pthread_mutex_lock(&s->mu);
-    for (int r = 0; r < s->o.n_shards; r++) {
+    for (int r = 0; r < SCHED_MAX_SHARDS; r++) {
         s->stats.shards[r].pid = 0;
         s->stats.shards[r].up = false;
     }
@@ -1010,6 +1257,173 @@ static char *s_default_shardd(void) {
     return p;
 }
 
+static void s_conf_free(s_conf_t *c) {
+    if (!c) return;
+    free(c->model_dir);
+    free(c->shardd_path);
+    free(c->run_dir);
+    free(c->kv_dtype);
+    free(c->profile_name);
+    free(c->profiles_dir);
+    free(c->reasoning);
+    memset(c, 0, sizeof *c);
+}
+
+static char *s_dup0(const char *s) {
+    return strdup(s ? s : "");
+}
+
+/* Fills *c from opts: defaults, owned string copies, the model's config (tp must divide
+ * its heads), the KV plan and the context cap. On failure c is freed and err says why. */
+static int s_conf_prepare(const sched_opts_t *opts, s_conf_t *c, gerr_t *err) {
+    memset(c, 0, sizeof *c);
+    if (!opts->model_dir || !opts->run_dir) {
+        gerr_set(err, "scheduler: model_dir and run_dir are required");
+        return GERR_INVALID;
+    }
+    c->o = *opts;
+    sched_opts_t *o = &c->o;
+    if (o->n_shards <= 0) o->n_shards = 1;
+    if (o->block_size <= 0) o->block_size = 16;
+    if (o->max_running <= 0) o->max_running = 16;
+    if (o->max_queue <= 0) o->max_queue = 256;
+    if (o->max_batch_tokens <= 0) o->max_batch_tokens = 512;
+    if (o->prefill_chunk <= 0) o->prefill_chunk = 256;
+    if (o->max_time_s <= 0) o->max_time_s = 600;
+    if (o->heartbeat_s <= 0) o->heartbeat_s = 1;
+    if (o->kv_budget_gib <= 0) o->kv_budget_gib = 1;
+    if (o->crash_loop_deaths <= 0) o->crash_loop_deaths = 5;
+    if (o->crash_loop_window_s <= 0) o->crash_loop_window_s = 60;
+    if (o->degraded_retry_s == 0) o->degraded_retry_s = 30;
+    if (o->switch_grace_s <= 0) o->switch_grace_s = 60;
+    if (o->n_shards > SCHED_MAX_SHARDS) {
+        gerr_set(err, "scheduler: %d shards requested; at most %d", o->n_shards, SCHED_MAX_SHARDS);
+        return GERR_INVALID;
+    }
+    if (o->threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        o->threads = n > 0 ? (int)(n / o->n_shards) : 1;
+        if (o->threads < 1) o->threads = 1;
+    }
+    const char *dtype = o->kv_dtype ? o->kv_dtype : "f32";
+    if (strcmp(dtype, "f32") != 0 && strcmp(dtype, "bf16") != 0) {
+        gerr_set(err, "scheduler: kv dtype '%s' is not supported (use f32 or bf16)", dtype);
+        return GERR_INVALID;
+    }
+    c->model_dir = strdup(o->model_dir);
+    c->run_dir = strdup(o->run_dir);
+    c->kv_dtype = strdup(dtype);
+    c->shardd_path = o->shardd_path ? strdup(o->shardd_path) : s_default_shardd();
+    c->profile_name = s_dup0(o->profile_name);
+    c->profiles_dir = o->profiles_dir ? strdup(o->profiles_dir) : NULL;
+    c->reasoning = s_dup0(o->default_reasoning);
+    if (!c->model_dir || !c->run_dir || !c->kv_dtype || !c->shardd_path || !c->profile_name ||
+        (o->profiles_dir && !c->profiles_dir) || !c->reasoning) {
+        gerr_set(err, "scheduler: out of memory");
+        s_conf_free(c);
+        return GERR_NOMEM;
+    }
+    o->model_dir = c->model_dir;
+    o->run_dir = c->run_dir;
+    o->kv_dtype = c->kv_dtype;
+    o->shardd_path = c->shardd_path;
+    o->profile_name = c->profile_name;
+    o->profiles_dir = c->profiles_dir;
+    o->default_reasoning = c->reasoning;
+    int rc = config_load(c->model_dir, &c->cfg, err);
+    if (rc) {
+        gerr_prefix(err, "scheduler: model %s", c->model_dir);
+        s_conf_free(c);
+        return rc;
+    }
+    /* the same check (and message) as a profile's: tp must divide the heads and experts */
+    profile_t chk = {.name = c->profile_name[0] ? c->profile_name : "(command line)",
+                     .tp = o->n_shards};
+    rc = profile_check_model(&chk, &c->cfg, err);
+    if (rc) {
+        gerr_prefix(err, "scheduler: model %s", c->model_dir);
+        s_conf_free(c);
+        return rc;
+    }
+    c->vocab = c->cfg.vocab_size;
+    if (o->vocab_limit <= 0 || o->vocab_limit > c->vocab) o->vocab_limit = c->vocab;
+    size_t budget = (size_t)(o->kv_budget_gib * (double)(1ull << 30));
+    rc = kvcache_plan(&c->cfg, c->cfg.num_key_value_heads / o->n_shards,
+                      strcmp(dtype, "bf16") == 0 ? OPS_KV_BF16 : OPS_KV_F32, o->block_size, budget,
+                      o->max_running, o->prefill_chunk, &c->kvo, err);
+    if (rc) {
+        gerr_prefix(err, "scheduler");
+        s_conf_free(c);
+        return rc;
+    }
+    long long cap = c->cfg.max_position_embeddings;
+    if (c->kvo.n_full_blocks > 0 && (long long)c->kvo.n_full_blocks * o->block_size < cap)
+        cap = (long long)c->kvo.n_full_blocks * o->block_size;
+    if (o->max_context > 0 && o->max_context < cap) cap = o->max_context;
+    c->max_context = (int)cap;
+    o->max_context = c->max_context;
+    return 0;
+}
+
+/* Makes *c the scheduler's settings (c is moved: zeroed on return; the old settings are
+ * freed) and builds what depends on them: block allocator, per-slot arrays, the ROUTER
+ * socket. No request may hold blocks and the old shardlink must be gone (s->sl NULL). */
+static int s_conf_apply(sched_t *s, s_conf_t *c, gerr_t *err) {
+    assert(!s->sl && s->n_running == 0);
+    s_conf_free(&s->c);
+    s->c = *c;
+    memset(c, 0, sizeof *c);
+    const sched_opts_t *o = &s->c.o;
+    kvalloc_free(&s->kv);
+    free(s->running);
+    free(s->slot_used);
+    free(s->entries);
+    free(s->pseqs);
+    s->running = calloc((size_t)o->max_running, sizeof *s->running);
+    s->slot_used = calloc((size_t)o->max_running, sizeof *s->slot_used);
+    s->entries = calloc((size_t)o->max_running, sizeof *s->entries);
+    s->pseqs = calloc((size_t)o->max_running, sizeof *s->pseqs);
+    s->n_entries = 0;
+    s->inflight = false;
+    if (!s->running || !s->slot_used || !s->entries || !s->pseqs) {
+        gerr_set(err, "scheduler: out of memory");
+        return GERR_NOMEM;
+    }
+    int rc = kvalloc_new(o->block_size, s->c.kvo.n_full_blocks, s->c.kvo.n_window_blocks,
+                         s->c.cfg.sliding_window, &s->kv, err);
+    if (rc) return rc;
+    shardlink_opts_t so = {
+        .shardd_path = s->c.shardd_path,
+        .run_dir = s->c.run_dir,
+        .n_shards = o->n_shards,
+        .threads = o->threads,
+        .heartbeat_s = o->heartbeat_s,
+        .model_dir = s->c.model_dir,
+        .kv_dtype = s->c.kv_dtype,
+        .block_size = o->block_size,
+        .kv_full_blocks = s->c.kvo.n_full_blocks,
+        .kv_window_blocks = s->c.kvo.n_window_blocks,
+        .max_seqs = o->max_running,
+        .max_chunk = o->prefill_chunk,
+        .vocab_limit = o->vocab_limit,
+    };
+    rc = shardlink_new(&so, &s->sl, err);
+    if (rc) return rc;
+    pthread_mutex_lock(&s->mu);
+    s->pub_vocab = s->c.vocab;
+    s->pub_vocab_limit = o->vocab_limit;
+    s->pub_max_context = s->c.max_context;
+    s->pub_max_queue = o->max_queue;
+    pthread_mutex_unlock(&s->mu);
+    LOG_INFO("sched",
+             "profile '%s': model %s, %d shard(s); KV plan: %d full + %d window blocks of %d "
+             "tokens; max context %d; max running %d, batch %d tokens, chunk %d",
+             s->c.profile_name[0] ? s->c.profile_name : "(command line)", s->c.model_dir,
+             o->n_shards, s->c.kvo.n_full_blocks, s->c.kvo.n_window_blocks, o->block_size,
+             s->c.max_context, o->max_running, o->max_batch_tokens, o->prefill_chunk);
+    return 0;
+}
+
 static void s_destroy(sched_t *s) {
     if (!s) return;
     shardlink_free(&s->sl, 0);
@@ -1022,146 +1436,53 @@ static void s_destroy(sched_t *s) {
     free(s->samples);
     proto_buf_free(&s->buf);
     free(s->live);
-    free(s->model_dir);
-    free(s->shardd_path);
-    free(s->run_dir);
-    free(s->kv_dtype);
+    s_conf_free(&s->c);
+    if (s->switch_to) s_conf_free(s->switch_to);
+    free(s->switch_to);
+    if (s->switch_new) s_conf_free(s->switch_new);
+    free(s->switch_new);
+    if (s->switch_prev) s_conf_free(s->switch_prev);
+    free(s->switch_prev);
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
 
 int sched_new(const sched_opts_t *opts, sched_t **out, gerr_t *err) {
     *out = NULL;
-    if (!opts->model_dir || !opts->run_dir) {
-        gerr_set(err, "scheduler: model_dir and run_dir are required");
-        return GERR_INVALID;
-    }
     sched_t *s = calloc(1, sizeof *s);
     if (!s) {
         gerr_set(err, "scheduler: out of memory");
         return GERR_NOMEM;
     }
     s->efd = -1;
+    s->restart_rank = -1;
     if (pthread_mutex_init(&s->mu, NULL) != 0) {
         free(s);
         gerr_set(err, "scheduler: pthread_mutex_init failed");
         return GERR_IO;
     }
-    s->o = *opts;
-    sched_opts_t *o = &s->o;
-    if (o->n_shards <= 0) o->n_shards = 1;
-    if (o->block_size <= 0) o->block_size = 16;
-    if (o->max_running <= 0) o->max_running = 16;
-    if (o->max_queue <= 0) o->max_queue = 256;
-    if (o->max_batch_tokens <= 0) o->max_batch_tokens = 512;
-    if (o->prefill_chunk <= 0) o->prefill_chunk = 256;
-    if (o->max_time_s <= 0) o->max_time_s = 600;
-    if (o->heartbeat_s <= 0) o->heartbeat_s = 1;
-    if (o->kv_budget_gib <= 0) o->kv_budget_gib = 1;
-    if (o->threads <= 0) {
-        long n = sysconf(_SC_NPROCESSORS_ONLN);
-        o->threads = n > 0 ? (int)(n / o->n_shards) : 1;
-        if (o->threads < 1) o->threads = 1;
-    }
-    const char *dtype = o->kv_dtype ? o->kv_dtype : "f32";
-    if (strcmp(dtype, "f32") != 0 && strcmp(dtype, "bf16") != 0) {
-        gerr_set(err, "scheduler: kv dtype '%s' is not supported (use f32 or bf16)", dtype);
-        s_destroy(s);
-        return GERR_INVALID;
-    }
-    if (o->n_shards > SCHED_MAX_SHARDS) {
-        gerr_set(err, "scheduler: %d shards requested; at most %d", o->n_shards, SCHED_MAX_SHARDS);
-        s_destroy(s);
-        return GERR_INVALID;
-    }
-    s->model_dir = strdup(o->model_dir);
-    s->run_dir = strdup(o->run_dir);
-    s->kv_dtype = strdup(dtype);
-    s->shardd_path = o->shardd_path ? strdup(o->shardd_path) : s_default_shardd();
-    if (!s->model_dir || !s->run_dir || !s->kv_dtype || !s->shardd_path) {
-        gerr_set(err, "scheduler: out of memory");
-        s_destroy(s);
-        return GERR_NOMEM;
-    }
-    o->model_dir = s->model_dir;
-    o->run_dir = s->run_dir;
-    o->kv_dtype = s->kv_dtype;
-    o->shardd_path = s->shardd_path;
-    int rc = config_load(s->model_dir, &s->cfg, err);
-    if (rc) {
-        gerr_prefix(err, "scheduler: model %s", s->model_dir);
-        s_destroy(s);
-        return rc;
-    }
-    if (s->cfg.num_key_value_heads % o->n_shards != 0) {
-        gerr_set(err, "scheduler: %d KV heads cannot be split over %d shards",
-                 s->cfg.num_key_value_heads, o->n_shards);
-        s_destroy(s);
-        return GERR_INVALID;
-    }
-    s->vocab = s->cfg.vocab_size;
-    if (o->vocab_limit <= 0 || o->vocab_limit > s->vocab) o->vocab_limit = s->vocab;
-    size_t budget = (size_t)(o->kv_budget_gib * (double)(1ull << 30));
-    rc = kvcache_plan(&s->cfg, s->cfg.num_key_value_heads / o->n_shards,
-                      strcmp(dtype, "bf16") == 0 ? OPS_KV_BF16 : OPS_KV_F32, o->block_size, budget,
-                      o->max_running, o->prefill_chunk, &s->kvo, err);
-    if (rc) {
-        gerr_prefix(err, "scheduler");
-        s_destroy(s);
-        return rc;
-    }
-    long long cap = s->cfg.max_position_embeddings;
-    if (s->kvo.n_full_blocks > 0 && (long long)s->kvo.n_full_blocks * o->block_size < cap)
-        cap = (long long)s->kvo.n_full_blocks * o->block_size;
-    if (o->max_context > 0 && o->max_context < cap) cap = o->max_context;
-    s->max_context = (int)cap;
-    o->max_context = s->max_context;
-    rc = kvalloc_new(o->block_size, s->kvo.n_full_blocks, s->kvo.n_window_blocks,
-                     s->cfg.sliding_window, &s->kv, err);
+    s_conf_t c;
+    int rc = s_conf_prepare(opts, &c, err);
     if (rc) {
         s_destroy(s);
         return rc;
     }
-    s->running = calloc((size_t)o->max_running, sizeof *s->running);
-    s->slot_used = calloc((size_t)o->max_running, sizeof *s->slot_used);
-    s->entries = calloc((size_t)o->max_running, sizeof *s->entries);
-    s->pseqs = calloc((size_t)o->max_running, sizeof *s->pseqs);
+    rc = s_conf_apply(s, &c, err);
+    if (rc) {
+        s_destroy(s);
+        return rc;
+    }
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!s->running || !s->slot_used || !s->entries || !s->pseqs || s->efd < 0) {
-        gerr_set(err, "scheduler: out of memory (or eventfd failed: %s)", strerror(errno));
+    if (s->efd < 0) {
+        gerr_set(err, "scheduler: eventfd failed: %s", strerror(errno));
         s_destroy(s);
-        return GERR_NOMEM;
-    }
-    shardlink_opts_t so = {
-        .shardd_path = s->shardd_path,
-        .run_dir = s->run_dir,
-        .n_shards = o->n_shards,
-        .threads = o->threads,
-        .heartbeat_s = o->heartbeat_s,
-        .model_dir = s->model_dir,
-        .kv_dtype = s->kv_dtype,
-        .block_size = o->block_size,
-        .kv_full_blocks = s->kvo.n_full_blocks,
-        .kv_window_blocks = s->kvo.n_window_blocks,
-        .max_seqs = o->max_running,
-        .max_chunk = o->prefill_chunk,
-        .vocab_limit = o->vocab_limit,
-    };
-    rc = shardlink_new(&so, &s->sl, err);
-    if (rc) {
-        s_destroy(s);
-        return rc;
+        return GERR_IO;
     }
     s->started_at = gw_now();
     s->next_id = 1;
     s->state = SCHED_STATE_LOADING;
-    snprintf(s->state_msg, sizeof s->state_msg, "starting %d shard(s)", o->n_shards);
+    snprintf(s->state_msg, sizeof s->state_msg, "starting %d shard(s)", s->c.o.n_shards);
     s_publish(s);
-    LOG_INFO("sched",
-             "KV plan: %d full + %d window blocks of %d tokens; max context %d; "
-             "max running %d, batch %d tokens, chunk %d",
-             s->kvo.n_full_blocks, s->kvo.n_window_blocks, o->block_size, s->max_context,
-             o->max_running, o->max_batch_tokens, o->prefill_chunk);
     int prc = pthread_create(&s->thread, NULL, s_main, s);
     if (prc != 0) {
         gerr_set(err, "scheduler: cannot start its thread: %s", strerror(prc));
@@ -1190,7 +1511,8 @@ void sched_free(sched_t **ps) {
     *ps = NULL;
 }
 
-/* Checks a request against the model and limits (no state needed but immutable fields). */
+/* Checks a request against the model and limits; called under mu (the pub_ fields change
+ * with a profile switch). */
 static int s_validate(const sched_t *s, const gw_request_t *req, gerr_t *err) {
     if (!req->stream) {
         gerr_set(err, "request has no stream");
@@ -1208,18 +1530,18 @@ static int s_validate(const sched_t *s, const gw_request_t *req, gerr_t *err) {
         gerr_set(err, "max_tokens = %d; it must be at least 1", req->max_tokens);
         return GERR_INVALID;
     }
-    if ((long long)req->n_prompt + req->max_tokens > s->max_context) {
+    if ((long long)req->n_prompt + req->max_tokens > s->pub_max_context) {
         gerr_set(err,
                  "the prompt (%d tokens) plus max_tokens (%d) is %lld tokens, more than the "
                  "maximum context of %d tokens; shorten the prompt or lower max_tokens",
                  req->n_prompt, req->max_tokens, (long long)req->n_prompt + req->max_tokens,
-                 s->max_context);
+                 s->pub_max_context);
         return GERR_INVALID;
     }
     for (int i = 0; i < req->n_prompt; i++)
-        if (req->prompt[i] < 0 || req->prompt[i] >= s->vocab) {
+        if (req->prompt[i] < 0 || req->prompt[i] >= s->pub_vocab) {
             gerr_set(err, "prompt token %d has id %d, outside the vocabulary [0, %d)", i,
-                     req->prompt[i], s->vocab);
+                     req->prompt[i], s->pub_vocab);
             return GERR_INVALID;
         }
     if (req->n_stop_ids < 0 || req->n_stop_ids > GW_MAX_STOP_IDS) {
@@ -1237,15 +1559,13 @@ static int s_validate(const sched_t *s, const gw_request_t *req, gerr_t *err) {
     p.presence_penalty = req->presence_penalty;
     p.repetition_penalty = req->repetition_penalty;
     p.n_logprobs = req->n_logprobs;
-    p.vocab_limit = s->o.vocab_limit;
+    p.vocab_limit = s->pub_vocab_limit;
     p.stop_ids = req->stop_ids;
     p.n_stop = req->n_stop_ids;
-    return sampling_params_validate(&p, s->vocab, err);
+    return sampling_params_validate(&p, s->pub_vocab, err);
 }
 
 int sched_submit(sched_t *s, gw_request_t *req, gerr_t *err) {
-    int rc = s_validate(s, req, err);
-    if (rc) return rc;
     inmsg_t *m = calloc(1, sizeof *m);
     if (!m) {
         gerr_set(err, "out of memory queueing the request");
@@ -1253,17 +1573,24 @@ int sched_submit(sched_t *s, gw_request_t *req, gerr_t *err) {
     }
     pthread_mutex_lock(&s->mu);
     sched_state_t st = s->stats.state;
-    if (s->stop || st == SCHED_STATE_STOPPED) {
+    int rc = s_validate(s, req, err); /* 400 first: a bad request stays bad */
+    if (rc) {
+        /* err says what is wrong with the request */
+    } else if (s->stop || st == SCHED_STATE_STOPPED) {
         gerr_set(err, "the server is shutting down");
         rc = GERR_IO;
     } else if (s->draining) {
         gerr_set(err, "the server is draining (not admitting requests); retry later");
         rc = GERR_IO;
+    } else if (s->switching) {
+        gerr_set(err, "the server is switching profiles (%.200s); retry shortly",
+                 s->stats.state_message);
+        rc = GERR_IO;
     } else if (st != SCHED_STATE_READY) {
         gerr_set(err, "the server is %s%s%s", sched_state_name(st),
                  s->stats.state_message[0] ? ": " : "", s->stats.state_message);
         rc = GERR_IO;
-    } else if (s->n_pending >= s->o.max_queue) {
+    } else if (s->n_pending >= s->pub_max_queue) {
         gerr_set(err, "the queue is full (%d requests waiting); retry later", s->n_pending);
         rc = GERR_LIMIT;
     } else if (s_live_add(s, s->next_id, req->id_str) != 0) {
@@ -1342,4 +1669,60 @@ void sched_resume(sched_t *s) {
     s->draining = false;
     pthread_mutex_unlock(&s->mu);
     s_wake(s);
+}
+
+int sched_restart_shard(sched_t *s, int rank, gerr_t *err) {
+    int rc = 0;
+    pthread_mutex_lock(&s->mu);
+    if (rank < 0 || rank >= s->stats.n_shards) {
+        gerr_set(err, "no shard %d: this gateway runs shards 0..%d", rank, s->stats.n_shards - 1);
+        rc = GERR_INVALID;
+    } else if (s->stop || s->stats.state == SCHED_STATE_STOPPED) {
+        gerr_set(err, "the gateway is stopping");
+        rc = GERR_IO;
+    } else if (s->switching) {
+        gerr_set(err, "a profile switch is in progress; restart-shard is refused until it ends");
+        rc = GERR_IO;
+    } else {
+        s->restart_rank = rank;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (!rc) s_wake(s);
+    return rc;
+}
+
+int sched_switch(sched_t *s, const sched_opts_t *opts, gerr_t *err) {
+    s_conf_t *c = malloc(sizeof *c);
+    if (!c) {
+        gerr_set(err, "out of memory");
+        return GERR_NOMEM;
+    }
+    int rc = s_conf_prepare(opts, c, err);
+    if (rc) {
+        free(c);
+        return rc;
+    }
+    pthread_mutex_lock(&s->mu);
+    if (s->stop || s->stats.state == SCHED_STATE_STOPPED) {
+        gerr_set(err, "the gateway is stopping");
+        rc = GERR_IO;
+    } else if (s->switching) {
+        gerr_set(err, "a profile switch is already in progress (see status)");
+        rc = GERR_IO;
+    } else {
+        s->switch_to = c;
+        s->switching = true;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (rc) {
+        s_conf_free(c);
+        free(c);
+        return rc;
+    }
+    s_wake(s);
+    return 0;
+}
+
+const char *sched_profiles_dir(const sched_t *s) {
+    return s->c.o.profiles_dir; /* fixed: sched_switch keeps the first one (see main.c) */
 }

@@ -15,7 +15,7 @@
  * after the shards come up gates the READY state (GET /ready).
  *
  * Other threads call only sched_submit, sched_cancel*, sched_snapshot,
- * sched_drain / sched_resume and sched_stop; they hand messages to the scheduler
+ * sched_drain / sched_resume, sched_restart_shard, sched_switch and sched_free; they hand messages to the scheduler
  * thread and never touch its state. */
 #ifndef GPTOSS_SCHED_H
 #define GPTOSS_SCHED_H
@@ -41,7 +41,7 @@ typedef struct {
     const char *model_dir;   /* model folder (required) */
     const char *shardd_path; /* gptoss-shardd executable (default: next to the gateway) */
     const char *run_dir;     /* run directory for ipc sockets (required, exists) */
-    int n_shards;            /* 1 for now */
+    int n_shards;            /* tensor-parallel degree: shard processes (1..SCHED_MAX_SHARDS) */
     int threads;             /* CPU threads per shard (0: all cores / n_shards) */
     const char *kv_dtype;    /* "f32" (default) or "bf16" */
     double kv_budget_gib;    /* KV cache memory per shard (default 1) */
@@ -54,6 +54,18 @@ typedef struct {
     double max_time_s;       /* default per-request deadline (default 600) */
     double heartbeat_s;      /* heartbeat interval (default 1) */
     int vocab_limit;         /* ids >= this never sampled (default: tokenizer size or vocab) */
+    /* supervisor (added with --tp / profiles) */
+    const char *profile_name; /* shown by status and GET /profiles ("" or NULL: none) */
+    const char *profiles_dir; /* where GET /profiles looks (NULL: none) */
+    int crash_loop_deaths;    /* this many shard deaths ... (default 5) */
+    double crash_loop_window_s; /* ... within this window -> DEGRADED (default 60) */
+    double degraded_retry_s;    /* DEGRADED by deaths: try the shards again after this (default
+                                   30; < 0: only on restart-shard / switch-profile) */
+    double switch_grace_s;      /* a profile switch waits this long for running requests
+                                   before failing them (default 60) */
+    int default_max_tokens;     /* request defaults of the profile, read by HTTP after a switch */
+    double default_temperature; /* (0: HTTP's own default) */
+    const char *default_reasoning;
 } sched_opts_t;
 
 /* Per-shard state for /stats, /metrics, /health. */
@@ -81,6 +93,15 @@ typedef struct {
     sched_shard_stats_t shards[SCHED_MAX_SHARDS];
     int vocab_size;  /* model vocabulary (after READY) */
     int max_context; /* longest sequence accepted */
+    /* supervisor (added with --tp / profiles) */
+    char profile[72];         /* active profile name ("" when started with --model) */
+    char model_dir[256];      /* active model folder */
+    char switching_to[72];    /* a profile switch in progress ("" when none) */
+    int generation;           /* shard group starts so far (1 after the first start) */
+    int deaths_recent;        /* shard deaths within the crash-loop window */
+    int default_max_tokens;   /* the active profile's request defaults (0: none) */
+    double default_temperature;
+    char default_reasoning[8];
 } sched_stats_t;
 
 typedef struct sched sched_t;
@@ -108,6 +129,19 @@ void sched_snapshot(sched_t *s, sched_stats_t *st);
 void sched_drain(sched_t *s);
 /* Admits again after sched_drain. */
 void sched_resume(sched_t *s);
+/* Kills shard `rank` and restarts its group (every shard of the tensor-parallel group,
+ * with a fresh communicator); running requests are re-prefilled and continue. Also the
+ * way out of DEGRADED. Returns at once (GERR_INVALID for a rank out of range, GERR_IO
+ * while stopping or switching profiles); status reports the progress. */
+int sched_restart_shard(sched_t *s, int rank, gerr_t *err);
+/* Switches to other settings (a profile switch, or a reload): opts is checked here (model
+ * config, tp against the heads, KV plan; err says what is wrong and nothing changes), then
+ * the scheduler thread drains (new requests 503, running ones finish, up to
+ * switch_grace_s), stops the shards and starts the new ones. A new group that fails to come
+ * up puts the old settings back. opts and its strings are copied. Returns at once. */
+int sched_switch(sched_t *s, const sched_opts_t *opts, gerr_t *err);
+/* The profiles directory given in the options (borrowed; NULL when none). */
+const char *sched_profiles_dir(const sched_t *s);
 /* Name of a state ("ready"); static storage. */
 const char *sched_state_name(sched_state_t st);
 

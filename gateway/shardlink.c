@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <zmq.h>
 
+#include "comm.h"
 #include "gw.h"
 #include "log.h"
 
@@ -41,7 +42,8 @@ struct shardlink {
     char *shardd_path, *run_dir, *model_dir, *kv_dtype; /* owned copies */
     char endpoint[512];
     void *ctx, *router;
-    int gen; /* start generation (names the shm communicator) */
+    int gen;            /* start generation (names the shm communicator) */
+    char comm_name[64]; /* "/gptoss-<pid>-<gen>" of the current group ("" before a start) */
     double last_hb_sent;
     shardlink_shard_t sh[SHARDLINK_MAX_SHARDS];
 };
@@ -183,6 +185,8 @@ static int s_send_rank(shardlink_t *sl, int r, uint8_t cmd, uint64_t seq, const 
     return s_send(sl, ident, cmd, (uint32_t)r, seq, body, len);
 }
 
+static void s_comm_retire(shardlink_t *sl);
+
 void shardlink_free(shardlink_t **psl, double grace_s) {
     if (!psl || !*psl) return;
     shardlink_t *sl = *psl;
@@ -205,6 +209,7 @@ void shardlink_free(shardlink_t **psl, double grace_s) {
             s_reap(&sl->sh[r], SIGKILL, 5);
         }
     }
+    s_comm_retire(sl);
     if (sl->router) zmq_close(sl->router);
     if (sl->ctx) zmq_ctx_term(sl->ctx);
     if (sl->run_dir) {
@@ -262,8 +267,30 @@ static int s_spawn(shardlink_t *sl, int r, gerr_t *err) {
     return 0;
 }
 
+/* Aborts the current group's shm collectives (so no survivor waits on a dead peer) and
+ * removes the segment; absent segments are fine (rank 0 may not have made it yet). */
+static void s_comm_retire(shardlink_t *sl) {
+    if (sl->o.n_shards < 2 || !sl->comm_name[0]) return;
+    gerr_t e = {{0}};
+    int rc = comm_shm_abort_name(sl->comm_name, &e);
+    if (rc != 0 && rc != GERR_NOTFOUND)
+        LOG_WARN("shards", "comm %s: abort: %s", sl->comm_name, e.msg);
+    rc = comm_shm_unlink(sl->comm_name, &e);
+    if (rc != 0 && rc != GERR_NOTFOUND)
+        LOG_WARN("shards", "comm %s: unlink: %s", sl->comm_name, e.msg);
+}
+
 int shardlink_start(shardlink_t *sl, gerr_t *err) {
+    s_comm_retire(sl); /* the previous generation's segment, if any */
     sl->gen++;
+    snprintf(sl->comm_name, sizeof sl->comm_name, "/gptoss-%d-%d", (int)getpid(), sl->gen);
+    if (sl->o.n_shards > 1 && sl->o.comm_by_gateway) {
+        int rc = comm_shm_create(sl->comm_name, sl->o.n_shards, 0, err);
+        if (rc) {
+            gerr_prefix(err, "shards: cannot create the shm communicator %s", sl->comm_name);
+            return rc;
+        }
+    }
     for (int r = 0; r < sl->o.n_shards; r++) {
         if (sl->sh[r].pid > 0) s_reap(&sl->sh[r], SIGKILL, 5);
         int rc = s_spawn(sl, r, err);
@@ -277,6 +304,12 @@ int shardlink_start(shardlink_t *sl, gerr_t *err) {
 }
 
 void shardlink_kill_all(shardlink_t *sl) {
+    if (sl->o.n_shards > 1 && sl->comm_name[0]) { /* wake survivors blocked in a collective */
+        gerr_t e = {{0}};
+        int rc = comm_shm_abort_name(sl->comm_name, &e);
+        if (rc != 0 && rc != GERR_NOTFOUND)
+            LOG_WARN("shards", "comm %s: abort: %s", sl->comm_name, e.msg);
+    }
     for (int r = 0; r < sl->o.n_shards; r++)
         if (sl->sh[r].pid > 0 && !s_reap(&sl->sh[r], SIGKILL, 5))
             LOG_ERROR("shards", "shard %d (pid %d) survives SIGKILL for 5 s", r, sl->sh[r].pid);
@@ -310,8 +343,6 @@ void shardlink_event_clear(shardlink_event_t *ev) {
 static char *s_load_json(const shardlink_t *sl) {
     cJSON *o = cJSON_CreateObject();
     if (!o) return NULL;
-    char comm_name[64];
-    snprintf(comm_name, sizeof comm_name, "/gptoss-%d-%d", (int)getpid(), sl->gen);
     bool ok = cJSON_AddStringToObject(o, "model", sl->model_dir) &&
               cJSON_AddStringToObject(o, "kv_dtype", sl->kv_dtype) &&
               cJSON_AddNumberToObject(o, "block_size", sl->o.block_size) &&
@@ -321,7 +352,7 @@ static char *s_load_json(const shardlink_t *sl) {
               cJSON_AddNumberToObject(o, "max_chunk", sl->o.max_chunk) &&
               cJSON_AddNumberToObject(o, "threads", sl->o.threads) &&
               cJSON_AddStringToObject(o, "comm", sl->o.n_shards > 1 ? "shm" : "single") &&
-              cJSON_AddStringToObject(o, "comm_name", comm_name) &&
+              cJSON_AddStringToObject(o, "comm_name", sl->comm_name) &&
               cJSON_AddNumberToObject(o, "vocab_limit", sl->o.vocab_limit);
     char *s = ok ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
@@ -585,4 +616,16 @@ int shardlink_send_all(shardlink_t *sl, uint8_t cmd, uint64_t seq, const void *b
         }
     }
     return 0;
+}
+
+int shardlink_generation(const shardlink_t *sl) {
+    return sl->gen;
+}
+
+const char *shardlink_comm_name(const shardlink_t *sl) {
+    return sl->comm_name;
+}
+
+int shardlink_n_shards(const shardlink_t *sl) {
+    return sl->o.n_shards;
 }

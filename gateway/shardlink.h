@@ -39,6 +39,8 @@ typedef struct {
     const char *kv_dtype; /* "f32" | "bf16" */
     int block_size, kv_full_blocks, kv_window_blocks;
     int max_seqs, max_chunk, vocab_limit;
+    bool comm_by_gateway; /* world > 1: the gateway creates the shm segment before spawning
+                             (else rank 0 does; PROTOCOL.md says which) */
 } shardlink_opts_t;
 
 /* One shard as the gateway sees it. */
@@ -81,7 +83,9 @@ int shardlink_new(const shardlink_opts_t *opts, shardlink_t **out, gerr_t *err);
 void shardlink_free(shardlink_t **sl, double grace_s);
 /* Spawns every shard (a new generation; any previous processes must be gone). */
 int shardlink_start(shardlink_t *sl, gerr_t *err);
-/* SIGKILLs and reaps every shard process (for a restart); states go DOWN. */
+/* Aborts the group's shm collectives (world > 1), then SIGKILLs and reaps every shard
+ * process (for a restart); states go DOWN. The next shardlink_start uses a new
+ * communicator name (generation + 1) and removes the old segment. */
 void shardlink_kill_all(shardlink_t *sl);
 /* The ROUTER socket, to poll for ZMQ_POLLIN (borrowed). */
 void *shardlink_socket(shardlink_t *sl);
@@ -104,6 +108,12 @@ bool shardlink_any_alive(const shardlink_t *sl);
 const shardlink_shard_t *shardlink_shard(const shardlink_t *sl, int rank);
 /* Frees ev's samples and zeroes it. */
 void shardlink_event_clear(shardlink_event_t *ev);
+/* Starts so far (the generation in the communicator name). */
+int shardlink_generation(const shardlink_t *sl);
+/* The current group's communicator name ("/gptoss-<pid>-<gen>"; borrowed). */
+const char *shardlink_comm_name(const shardlink_t *sl);
+/* World size. */
+int shardlink_n_shards(const shardlink_t *sl);
 /* Name of a shard state ("up"); static storage. */
 const char *shardlink_state_name(shardlink_state_t st);
 
