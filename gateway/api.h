@@ -169,5 +169,9 @@ char *api_health(const sched_stats_t *st);
 char *api_ready(const sched_stats_t *st, int *status);
 /* GET /stats. */
 char *api_stats(const sched_stats_t *st);
+/* GET /profiles: {"dir","active","switching_to","profiles":[{"name","description","model",
+ * "tp","backend","active"} or {"name","error"} for a file that does not load]}. dir NULL or
+ * unreadable: 404 in e. */
+char *api_profiles(const char *dir, const sched_stats_t *st, api_error_t *e);
 
 #endif

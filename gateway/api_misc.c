@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "api.h"
+#include "profile.h"
 
 /* Same names as sched_state_name; kept here so that this file needs no scheduler object. */
 static const char *s_state_name(sched_state_t st) {
@@ -170,6 +171,8 @@ static void s_add_state(cJSON *root, const sched_stats_t *st) {
 char *api_health(const sched_stats_t *st) {
     cJSON *root = cJSON_CreateObject();
     s_add_state(root, st);
+    if (st->profile[0]) cJSON_AddStringToObject(root, "profile", st->profile);
+    if (st->switching_to[0]) cJSON_AddStringToObject(root, "switching_to", st->switching_to);
     cJSON_AddBoolToObject(root, "ready", st->state == SCHED_STATE_READY && st->ready_checked);
     cJSON_AddNumberToObject(root, "uptime_s", st->uptime_s);
     int up = 0;
@@ -221,4 +224,45 @@ char *api_stats(const sched_stats_t *st) {
     cJSON_AddNumberToObject(root, "max_context", st->max_context);
     s_add_shards(root, st);
     return s_print(root);
+}
+
+char *api_profiles(const char *dir, const sched_stats_t *st, api_error_t *e) {
+    char **names = NULL;
+    int n = 0;
+    gerr_t err = {{0}};
+    if (!dir || profile_list(dir, &names, &n, &err) != 0) {
+        api_error_set(e, 404, NULL, "not_found", "no profiles directory%s%.300s",
+                      dir ? ": " : " (start the gateway with --profiles-dir DIR)",
+                      dir ? err.msg : "");
+        return NULL;
+    }
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "dir", dir);
+    cJSON_AddStringToObject(root, "active", st->profile);
+    if (st->switching_to[0]) cJSON_AddStringToObject(root, "switching_to", st->switching_to);
+    cJSON *arr = cJSON_AddArrayToObject(root, "profiles");
+    for (int i = 0; i < n; i++) {
+        cJSON *o = cJSON_CreateObject();
+        profile_t p = {0};
+        gerr_t pe = {{0}};
+        cJSON_AddStringToObject(o, "name", names[i]);
+        if (profile_load(names[i], dir, &p, &pe) == 0) {
+            cJSON_AddStringToObject(o, "description", p.description ? p.description : "");
+            cJSON_AddStringToObject(o, "model", p.model ? p.model : "");
+            cJSON_AddNumberToObject(o, "tp", p.tp);
+            cJSON_AddStringToObject(o, "backend", profile_backend_name(p.backend));
+            cJSON_AddBoolToObject(o, "active", p.name && strcmp(p.name, st->profile) == 0);
+        } else {
+            char *m = api_utf8_repair(pe.msg, strnlen(pe.msg, sizeof pe.msg), NULL);
+            cJSON_AddStringToObject(o, "error", m ? m : "does not load");
+            cJSON_AddBoolToObject(o, "active", false);
+            free(m);
+        }
+        profile_free(&p);
+        cJSON_AddItemToArray(arr, o);
+    }
+    profile_list_free(names, n);
+    char *s = s_print(root);
+    if (!s) api_error_set(e, 500, NULL, NULL, "out of memory");
+    return s;
 }

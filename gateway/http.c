@@ -71,6 +71,7 @@ typedef enum {
     ROUTE_READY,
     ROUTE_STATS,
     ROUTE_METRICS,
+    ROUTE_PROFILES,
 } route_t;
 
 static const struct {
@@ -91,6 +92,7 @@ static const struct {
     {"/ready", "GET", ROUTE_READY, false, "/ready"},
     {"/stats", "GET", ROUTE_STATS, false, "/stats"},
     {"/metrics", "GET", ROUTE_METRICS, false, "/metrics"},
+    {"/profiles", "GET", ROUTE_PROFILES, false, "/profiles"},
 };
 #define HTTP_NROUTES (sizeof s_routes / sizeof s_routes[0])
 
@@ -401,9 +403,13 @@ static enum MHD_Result s_start_job(conn_t *c, const cJSON *body) {
         .model_name = h->o.model_name,
         .max_messages = h->o.max_messages,
         .max_tokens_limit = h->o.max_tokens_limit,
-        .default_max_tokens = h->o.default_max_tokens,
-        .default_temperature = h->o.default_temperature,
-        .default_reasoning = h->o.default_reasoning,
+        /* the active profile's defaults (they follow a profile switch) */
+        .default_max_tokens =
+            st.default_max_tokens > 0 ? st.default_max_tokens : h->o.default_max_tokens,
+        .default_temperature =
+            st.default_temperature > 0 ? (float)st.default_temperature : h->o.default_temperature,
+        .default_reasoning =
+            st.default_reasoning[0] ? st.default_reasoning : h->o.default_reasoning,
         .max_context = st.max_context,
         .vocab_size = st.vocab_size,
     };
@@ -589,6 +595,11 @@ static enum MHD_Result s_dispatch(conn_t *c) {
         sched_snapshot(h->sched, &st);
         ret = s_send(c, 200, metrics_render(&st), "text/plain; version=0.0.4; charset=utf-8", NULL,
                      NULL);
+        break;
+    case ROUTE_PROFILES:
+        sched_snapshot(h->sched, &st);
+        out = api_profiles(sched_profiles_dir(h->sched), &st, &e);
+        ret = out ? s_send_json(c, 200, out) : s_send_error(c, &e);
         break;
     default:
         ret = s_fail(c, 404, NULL, "not_found", "no such endpoint");

@@ -2,12 +2,21 @@
  * (which spawns and drives the gptoss-shardd processes) and the HTTP server, and
  * waits for SIGINT / SIGTERM.
  *
- *   gptoss-gateway --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]
+ *   gptoss-gateway (--model DIR | --profile FILE|NAME) [--tp N] [--profiles-dir DIR]
+ *                  [--host 127.0.0.1] [--port 8000] [--api-key KEY]
  *                  [--run-dir DIR] [--kv-dtype f32|bf16] [--kv-gib G] [--max-running N]
  *                  [--max-queue N] [--max-batch-tokens N] [--threads N] [--model-name NAME]
  *                  [--reasoning-effort low|medium|high] [--default-max-tokens N]
- *                  [--max-context N] [--shards N] [--shardd PATH] [--shutdown-grace S]
- *                  [--control ENDPOINT]
+ *                  [--max-context N] [--shardd PATH] [--shutdown-grace S]
+ *                  [--control ENDPOINT] [--heartbeat S] [--crash-loop N] [--crash-window S]
+ *                  [--degraded-retry S]
+ *
+ * A profile (deploy/README.md) gives every setting; a flag given on the command line
+ * overrides the profile's field for the start (a later switch-profile applies the new
+ * profile as written, keeping only the flags that are not profile fields: --shardd,
+ * --run-dir, --heartbeat, --crash-loop, --crash-window, --degraded-retry, --model-name).
+ * The model's config.json is checked against the profile at once (profile_check_model:
+ * a tp that does not divide the heads is refused with the reason).
  *
  * Signals are blocked in every thread and taken by the main thread with
  * sigtimedwait, so no handler runs at an arbitrary point. Shutdown is graceful:
@@ -18,7 +27,14 @@
  * when its heartbeats stop (PROTOCOL.md), so no shard outlives it for long.
  *
  * The control socket (control.h; default ipc://RUN/control.ipc) answers status,
- * stats, drain, resume and shutdown; the other commands are not supported yet.
+ * stats, restart-shard N, drain, resume, switch-profile FILE|NAME, reload and
+ * shutdown [graceful]. A switch is checked here (profile file, model config, tp)
+ * and refused with the reason when wrong, leaving the running profile untouched;
+ * otherwise the scheduler drains, stops the shards and starts the new profile's,
+ * and if those fail to come up it goes back to the previous profile (status and
+ * /health say so). HTTP stays up throughout; its address, API key, model name and
+ * tokenizer are those of the start (all gpt-oss models share the o200k_harmony
+ * tokenizer), while the request defaults follow the active profile.
  *
  * Not here: HTTP handling (http.c), scheduling (sched.c). */
 #include <errno.h>
@@ -40,26 +56,36 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "profile.h"
 #include "sched.h"
 #include "tokenizer.h"
 
+/* Command line. Profile fields are "unset" (NULL, -1, 0) unless given, so that a flag
+ * overrides the profile and an absent one takes the profile's value or the default. */
 typedef struct {
     const char *model, *host, *api_key, *run_dir, *kv_dtype, *model_name, *reasoning, *shardd;
     const char *control; /* control socket endpoint (default ipc://RUN/control.ipc) */
+    const char *profile, *profiles_dir;
     int port, max_running, max_queue, max_batch_tokens, threads, default_max_tokens;
-    int max_context, shards;
-    double kv_gib, shutdown_grace;
+    int max_context, shards, crash_loop;
+    double kv_gib, shutdown_grace, heartbeat, crash_window, degraded_retry;
 } s_args_t;
 
 static int s_usage(void) {
-    fprintf(stderr,
-            "usage: gptoss-gateway --model DIR [--host 127.0.0.1] [--port 8000] [--api-key KEY]\n"
-            "         [--run-dir DIR] [--kv-dtype f32|bf16] [--kv-gib G] [--max-running N]\n"
-            "         [--max-queue N] [--max-batch-tokens N] [--threads N] [--model-name NAME]\n"
-            "         [--reasoning-effort low|medium|high] [--default-max-tokens N]\n"
-            "         [--max-context N] [--shards N] [--shardd PATH] [--shutdown-grace S]\n"
-            "         [--control ipc://PATH | tcp://127.0.0.1:PORT]\n"
-            "  --api-key defaults to $GPTOSS_API_KEY; --run-dir to a fresh /tmp/gptoss-<pid>\n");
+    fprintf(
+        stderr,
+        "usage: gptoss-gateway (--model DIR | --profile FILE|NAME) [--tp N] [--profiles-dir D]\n"
+        "         [--host 127.0.0.1] [--port 8000] [--api-key KEY]\n"
+        "         [--run-dir DIR] [--kv-dtype f32|bf16] [--kv-gib G] [--max-running N]\n"
+        "         [--max-queue N] [--max-batch-tokens N] [--threads N] [--model-name NAME]\n"
+        "         [--reasoning-effort low|medium|high] [--default-max-tokens N]\n"
+        "         [--max-context N] [--shardd PATH] [--shutdown-grace S]\n"
+        "         [--control ipc://PATH | tcp://127.0.0.1:PORT] [--heartbeat S]\n"
+        "         [--crash-loop N] [--crash-window S] [--degraded-retry S]\n"
+        "  --api-key defaults to $GPTOSS_API_KEY; --run-dir to a fresh /tmp/gptoss-<pid>\n"
+        "  flags override the profile's fields; --crash-loop N deaths within --crash-window S\n"
+        "  seconds (default 5 in 60) make the service DEGRADED, retried after\n"
+        "  --degraded-retry S (default 30; -1: only on restart-shard)\n");
     return 2;
 }
 
@@ -89,8 +115,7 @@ static int s_double(const char *name, const char *v, double lo, double hi, doubl
 }
 
 static int s_parse(int argc, char **argv, s_args_t *a) {
-    *a = (s_args_t){
-        .host = "127.0.0.1", .port = 8000, .kv_dtype = "f32", .shards = 1, .shutdown_grace = 30};
+    *a = (s_args_t){.port = -1, .shutdown_grace = 30};
     a->api_key = getenv("GPTOSS_API_KEY");
     if (a->api_key && !*a->api_key) a->api_key = NULL;
     for (int i = 1; i < argc; i++) {
@@ -140,8 +165,20 @@ static int s_parse(int argc, char **argv, s_args_t *a) {
             bad = s_int(o, v, 1, 1 << 24, &a->default_max_tokens);
         else if (strcmp(o, "--max-context") == 0)
             bad = s_int(o, v, 2, 1 << 24, &a->max_context);
-        else if (strcmp(o, "--shards") == 0)
+        else if (strcmp(o, "--shards") == 0 || strcmp(o, "--tp") == 0)
             bad = s_int(o, v, 1, SCHED_MAX_SHARDS, &a->shards);
+        else if (strcmp(o, "--profile") == 0)
+            a->profile = v;
+        else if (strcmp(o, "--profiles-dir") == 0)
+            a->profiles_dir = v;
+        else if (strcmp(o, "--heartbeat") == 0)
+            bad = s_double(o, v, 0.05, 60, &a->heartbeat);
+        else if (strcmp(o, "--crash-loop") == 0)
+            bad = s_int(o, v, 1, 1000, &a->crash_loop);
+        else if (strcmp(o, "--crash-window") == 0)
+            bad = s_double(o, v, 0.1, 86400, &a->crash_window);
+        else if (strcmp(o, "--degraded-retry") == 0)
+            bad = s_double(o, v, -1, 86400, &a->degraded_retry);
         else if (strcmp(o, "--shardd") == 0)
             a->shardd = v;
         else if (strcmp(o, "--control") == 0)
@@ -154,25 +191,129 @@ static int s_parse(int argc, char **argv, s_args_t *a) {
         }
         if (bad) return -1;
     }
-    if (!a->model) {
-        fprintf(stderr, "gptoss-gateway: --model DIR is required\n");
+    if (!a->model && !a->profile) {
+        fprintf(stderr, "gptoss-gateway: --model DIR or --profile FILE|NAME is required\n");
         return -1;
     }
     return 0;
 }
+
+/* ---- profiles ---- */
+
+/* The profiles directory: --profiles-dir, else deploy/profiles under the cwd, else
+ * deploy/profiles of the source tree above the executable (build dirs live in it). */
+static void s_profiles_dir(const char *given, char *buf, size_t n) {
+    struct stat stt;
+    if (given) {
+        snprintf(buf, n, "%s", given);
+        return;
+    }
+    if (stat(PROFILE_DEFAULT_DIR, &stt) == 0 && S_ISDIR(stt.st_mode)) {
+        if (!realpath(PROFILE_DEFAULT_DIR, buf)) snprintf(buf, n, "%s", PROFILE_DEFAULT_DIR);
+        return;
+    }
+    char exe[PATH_MAX];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash) *slash = 0;
+        char cand[PATH_MAX + 32];
+        snprintf(cand, sizeof cand, "%s/../%s", exe, PROFILE_DEFAULT_DIR);
+        if (stat(cand, &stt) == 0 && S_ISDIR(stt.st_mode) && realpath(cand, buf)) return;
+    }
+    snprintf(buf, n, "%s", PROFILE_DEFAULT_DIR);
+}
+
+/* Loads profile `name` and checks it against its model's config.json; 0 or an error in err
+ * (p is the caller's to profile_free in both cases). */
+static int s_profile_load_checked(const char *name, const char *dir, profile_t *p, gerr_t *err) {
+    int rc = profile_load(name, dir, p, err);
+    if (rc) return rc;
+    gptoss_config_t cfg;
+    rc = config_load(p->model, &cfg, err);
+    if (rc) {
+        gerr_prefix(err, "profile %s: model %s", p->name, p->model);
+        return rc;
+    }
+    return profile_check_model(p, &cfg, err);
+}
+
+/* Scheduler settings of profile p (may be NULL) with the flags of a on top when
+ * `overrides` (the start); strings are borrowed from p and a. */
+static void s_sched_opts(const profile_t *p, const s_args_t *a, bool overrides, const char *run_dir,
+                         const char *profiles_dir, int vocab_limit, sched_opts_t *so) {
+    *so = (sched_opts_t){
+        .shardd_path = a->shardd,
+        .run_dir = run_dir,
+        .vocab_limit = vocab_limit,
+        .profiles_dir = profiles_dir,
+        .heartbeat_s = a->heartbeat,
+        .crash_loop_deaths = a->crash_loop,
+        .crash_loop_window_s = a->crash_window,
+        .degraded_retry_s = a->degraded_retry,
+    };
+    if (p) {
+        so->profile_name = p->name;
+        so->model_dir = p->model;
+        so->n_shards = p->tp;
+        so->threads = p->threads;
+        so->kv_dtype = p->kv_dtype;
+        so->kv_budget_gib = p->kv_gib;
+        so->max_running = p->max_running;
+        so->max_queue = p->max_queue;
+        so->max_batch_tokens = p->max_batch_tokens;
+        so->prefill_chunk = p->prefill_chunk;
+        so->max_context = p->max_context;
+        so->default_max_tokens = p->default_max_tokens;
+        so->default_temperature = p->default_temperature;
+        so->default_reasoning = p->default_reasoning;
+    }
+    if (!overrides) return;
+    if (a->model) so->model_dir = a->model;
+    if (a->shards) so->n_shards = a->shards;
+    if (a->threads) so->threads = a->threads;
+    if (a->kv_dtype) so->kv_dtype = a->kv_dtype;
+    if (a->kv_gib > 0) so->kv_budget_gib = a->kv_gib;
+    if (a->max_running) so->max_running = a->max_running;
+    if (a->max_queue) so->max_queue = a->max_queue;
+    if (a->max_batch_tokens) so->max_batch_tokens = a->max_batch_tokens;
+    if (a->max_context) so->max_context = a->max_context;
+    if (a->default_max_tokens) so->default_max_tokens = a->default_max_tokens;
+    if (a->reasoning) so->default_reasoning = a->reasoning;
+    if (so->prefill_chunk > so->max_batch_tokens && so->max_batch_tokens > 0)
+        so->prefill_chunk = so->max_batch_tokens;
+}
+
+/* What the control handlers need (the control thread is their only user after start). */
+typedef struct {
+    sched_t *sched;
+    const s_args_t *args;
+    const char *run_dir;
+    char profiles_dir[PATH_MAX];
+    int vocab_limit;
+    char active[PATH_MAX]; /* file of the profile last switched to ("" when --model only) */
+} s_ctl_t;
 
 /* ---- control socket handlers (run on the control thread) ---- */
 
 static atomic_bool s_stop_now; /* shutdown {"graceful": false}: skip the drain */
 
 static int s_ctl_status(void *user, cJSON *reply, gerr_t *err) {
+    s_ctl_t *c = user;
     sched_stats_t st;
-    sched_snapshot(user, &st);
+    sched_snapshot(c->sched, &st);
     cJSON *shards = cJSON_AddArrayToObject(reply, "shards");
     if (!cJSON_AddStringToObject(reply, "state", sched_state_name(st.state)) ||
         !cJSON_AddStringToObject(reply, "message", st.state_message) ||
         !cJSON_AddBoolToObject(reply, "ready_checked", st.ready_checked) ||
-        !cJSON_AddNumberToObject(reply, "uptime_s", st.uptime_s) || !shards)
+        !cJSON_AddNumberToObject(reply, "uptime_s", st.uptime_s) ||
+        !cJSON_AddStringToObject(reply, "profile", st.profile) ||
+        !cJSON_AddStringToObject(reply, "model", st.model_dir) ||
+        !cJSON_AddStringToObject(reply, "switching_to", st.switching_to) ||
+        !cJSON_AddNumberToObject(reply, "tp", st.n_shards) ||
+        !cJSON_AddNumberToObject(reply, "generation", st.generation) ||
+        !cJSON_AddNumberToObject(reply, "deaths_recent", st.deaths_recent) || !shards)
         goto nomem;
     for (int r = 0; r < st.n_shards; r++) {
         cJSON *o = cJSON_CreateObject();
@@ -196,8 +337,9 @@ nomem:
 }
 
 static int s_ctl_stats(void *user, cJSON *reply, gerr_t *err) {
+    s_ctl_t *c = user;
     sched_stats_t st;
-    sched_snapshot(user, &st);
+    sched_snapshot(c->sched, &st);
     if (!cJSON_AddNumberToObject(reply, "requests_total", (double)st.requests_total) ||
         !cJSON_AddNumberToObject(reply, "requests_finished", (double)st.requests_finished) ||
         !cJSON_AddNumberToObject(reply, "prompt_tokens", (double)st.prompt_tokens_total) ||
@@ -215,13 +357,72 @@ static int s_ctl_stats(void *user, cJSON *reply, gerr_t *err) {
 }
 
 static int s_ctl_drain(void *user, cJSON *reply, gerr_t *err) {
-    sched_drain(user);
+    sched_drain(((s_ctl_t *)user)->sched);
     return 0;
 }
 
 static int s_ctl_resume(void *user, cJSON *reply, gerr_t *err) {
-    sched_resume(user);
+    sched_resume(((s_ctl_t *)user)->sched);
     return 0;
+}
+
+static int s_ctl_restart_shard(void *user, int shard, cJSON *reply, gerr_t *err) {
+    s_ctl_t *c = user;
+    int rc = sched_restart_shard(c->sched, shard, err);
+    if (rc) return rc;
+    if (!cJSON_AddNumberToObject(reply, "shard", shard) ||
+        !cJSON_AddStringToObject(reply, "message",
+                                 "the shard group restarts; running requests continue")) {
+        gerr_set(err, "out of memory");
+        return GERR_NOMEM;
+    }
+    return 0;
+}
+
+/* Loads, checks and hands profile `name` to the scheduler; the reply names it. */
+static int s_switch_to(s_ctl_t *c, const char *name, cJSON *reply, gerr_t *err) {
+    profile_t p = {0};
+    int rc = s_profile_load_checked(name, c->profiles_dir, &p, err);
+    if (!rc) {
+        sched_opts_t so;
+        s_sched_opts(&p, c->args, false, c->run_dir, c->profiles_dir, c->vocab_limit, &so);
+        rc = sched_switch(c->sched, &so, err);
+    }
+    if (!rc) {
+        char abs[PATH_MAX];
+        snprintf(c->active, sizeof c->active, "%s", realpath(p.path, abs) ? abs : p.path);
+        LOG_INFO("main", "switch to profile '%s' (%s, model %s, tp %d) started", p.name, p.path,
+                 p.model, p.tp);
+        if (!cJSON_AddStringToObject(reply, "profile", p.name) ||
+            !cJSON_AddStringToObject(reply, "model", p.model) ||
+            !cJSON_AddNumberToObject(reply, "tp", p.tp) ||
+            !cJSON_AddStringToObject(reply, "message",
+                                     "switching: draining, then the new shards start; "
+                                     "see status")) {
+            gerr_set(err, "out of memory");
+            rc = GERR_NOMEM;
+        }
+    } else {
+        LOG_WARN("main", "switch-profile %s refused: %s", name, err->msg);
+    }
+    profile_free(&p);
+    return rc;
+}
+
+static int s_ctl_switch(void *user, const char *profile, cJSON *reply, gerr_t *err) {
+    return s_switch_to(user, profile, reply, err);
+}
+
+static int s_ctl_reload(void *user, cJSON *reply, gerr_t *err) {
+    s_ctl_t *c = user;
+    if (!c->active[0]) {
+        gerr_set(err, "this gateway was started with --model, not a profile: nothing to reload "
+                      "(use switch-profile FILE|NAME)");
+        return GERR_INVALID;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s", c->active);
+    return s_switch_to(c, path, reply, err);
 }
 
 static int s_ctl_shutdown(void *user, bool graceful, cJSON *reply, gerr_t *err) {
@@ -286,37 +487,57 @@ int main(int argc, char **argv) {
     sched_t *sched = NULL;
     http_t *http = NULL;
     control_t *ctl = NULL;
-    if (tok_load(a.model, &tok, &err) != 0) {
+    profile_t prof = {0};
+    bool have_profile = false;
+    s_ctl_t cx = {.args = &a, .run_dir = run_dir};
+    s_profiles_dir(a.profiles_dir, cx.profiles_dir, sizeof cx.profiles_dir);
+    if (a.profile) {
+        if (profile_load(a.profile, cx.profiles_dir, &prof, &err) != 0) {
+            fprintf(stderr, "gptoss-gateway: %s\n", err.msg);
+            goto out;
+        }
+        have_profile = true;
+        char abs[PATH_MAX];
+        snprintf(cx.active, sizeof cx.active, "%s", realpath(prof.path, abs) ? abs : prof.path);
+        /* the flags that change what profile_check_model looks at */
+        if (a.shards) prof.tp = a.shards;
+        if (a.max_context) prof.max_context = a.max_context;
+        gptoss_config_t cfg;
+        const char *model = a.model ? a.model : prof.model;
+        if (config_load(model, &cfg, &err) != 0 || profile_check_model(&prof, &cfg, &err) != 0) {
+            fprintf(stderr, "gptoss-gateway: profile %s (model %s): %s\n", prof.name, model,
+                    err.msg);
+            goto out;
+        }
+    }
+    const char *model_dir = a.model ? a.model : prof.model;
+    if (tok_load(model_dir, &tok, &err) != 0) {
         LOG_WARN("main", "no tokenizer (%s): text endpoints answer 503; token-id prompts work",
                  err.msg);
         tok = NULL;
     }
     metrics_init();
-    sched_opts_t so = {
-        .model_dir = a.model,
-        .shardd_path = a.shardd,
-        .run_dir = run_dir,
-        .n_shards = a.shards,
-        .threads = a.threads,
-        .kv_dtype = a.kv_dtype,
-        .kv_budget_gib = a.kv_gib,
-        .max_running = a.max_running,
-        .max_queue = a.max_queue,
-        .max_batch_tokens = a.max_batch_tokens,
-        .max_context = a.max_context,
-        .vocab_limit = tok ? tok_vocab_size(tok) : 0,
-    };
+    sched_opts_t so;
+    s_sched_opts(have_profile ? &prof : NULL, &a, true, run_dir, cx.profiles_dir,
+                 tok ? tok_vocab_size(tok) : 0, &so);
+    cx.vocab_limit = so.vocab_limit;
     if (sched_new(&so, &sched, &err) != 0) {
         fprintf(stderr, "gptoss-gateway: %s\n", err.msg);
         goto out;
     }
+    cx.sched = sched;
     http_opts_t ho = {
-        .bind_addr = a.host,
-        .port = a.port,
+        .bind_addr = a.host         ? a.host
+                     : have_profile ? prof.http_host
+                                    : "127.0.0.1",
+        .port = a.port >= 0    ? a.port
+                : have_profile ? prof.http_port
+                               : 8000,
         .api_key = a.api_key,
         .model_name = a.model_name,
-        .default_max_tokens = a.default_max_tokens,
-        .default_reasoning = a.reasoning,
+        .default_max_tokens = so.default_max_tokens,
+        .default_temperature = (float)so.default_temperature,
+        .default_reasoning = so.default_reasoning,
     };
     if (http_new(&ho, sched, tok, &http, &err) != 0) {
         fprintf(stderr, "gptoss-gateway: %s\n", err.msg);
@@ -324,18 +545,21 @@ int main(int argc, char **argv) {
     }
     char ctl_ep[PATH_MAX + 32];
     snprintf(ctl_ep, sizeof ctl_ep, "ipc://%s/%s", run_dir, CONTROL_SOCKET_NAME);
-    control_handlers_t ch = {.user = sched,
+    control_handlers_t ch = {.user = &cx,
                              .status = s_ctl_status,
                              .stats = s_ctl_stats,
+                             .restart_shard = s_ctl_restart_shard,
                              .drain = s_ctl_drain,
                              .resume = s_ctl_resume,
+                             .switch_profile = s_ctl_switch,
+                             .reload = s_ctl_reload,
                              .shutdown = s_ctl_shutdown};
     if (control_start(a.control ? a.control : ctl_ep, &ch, &ctl, &err) != 0) {
         fprintf(stderr, "gptoss-gateway: control socket: %s\n", err.msg);
         goto out;
     }
     LOG_INFO("main", "control socket on %s", control_endpoint(ctl));
-    fprintf(stderr, "gptoss-gateway: listening on http://%s:%d\n", a.host, http_port(http));
+    fprintf(stderr, "gptoss-gateway: listening on http://%s:%d\n", ho.bind_addr, http_port(http));
 
     int sig = 0;
     while (!(sig = s_wait_signal(&sigs, 1000))) {
@@ -364,6 +588,7 @@ out:
     http_free(&http);
     sched_free(&sched);
     tok_free(&tok);
+    profile_free(&prof);
     if (made_run_dir && rmdir(run_dir) != 0)
         LOG_WARN("main", "cannot remove run dir %s: %s", run_dir, strerror(errno));
     LOG_INFO("main", "stopped");

@@ -170,8 +170,8 @@ struct sched {
     int n_running;
     bool *slot_used; /* [max_running] */
     uint64_t next_uid;
-    int restarts;      /* group restarts so far */
-    double restart_at; /* > 0: respawn the shards then */
+    int restarts;                    /* group restarts so far */
+    double restart_at;               /* > 0: respawn the shards then */
     double deaths[SCHED_DEATH_RING]; /* gw_now() of recent shard deaths (ring) */
     int n_deaths;                    /* deaths ever (ring index) */
     int deaths_rank[SCHED_MAX_SHARDS];
@@ -585,8 +585,8 @@ static void s_on_shard_dead(sched_t *s, int rank, const char *why) {
     }
     if (recent >= s->c.o.crash_loop_deaths) {
         char msg[300];
-        snprintf(msg, sizeof msg, "crash loop: %d shard deaths within %.0f s; last: %.200s",
-                 recent, s->c.o.crash_loop_window_s, why);
+        snprintf(msg, sizeof msg, "crash loop: %d shard deaths within %.0f s; last: %.200s", recent,
+                 s->c.o.crash_loop_window_s, why);
         s_degrade(s, msg);
         return;
     }
@@ -671,8 +671,8 @@ static void s_on_event(sched_t *s, shardlink_event_t *ev) {
         if (ev->kind == SHARDLINK_EV_STEP_ERROR && strstr(ev->message, "comm")) {
             /* a collective failed (a peer died or was aborted): the shard exits; this is a
              * group failure, not a bad step, so the sequences are re-prefilled */
-            snprintf(msg, sizeof msg, "shard %d: collective failed in step %llu: %.400s",
-                     ev->rank, (unsigned long long)ev->seq, ev->message);
+            snprintf(msg, sizeof msg, "shard %d: collective failed in step %llu: %.400s", ev->rank,
+                     (unsigned long long)ev->seq, ev->message);
             s_on_shard_dead(s, ev->rank, msg);
             break;
         }
@@ -974,9 +974,7 @@ static void s_publish(sched_t *s) {
         snprintf(st->state_message, sizeof st->state_message, "%s", s->state_msg);
     s_copy(st->profile, sizeof st->profile, s->c.profile_name ? s->c.profile_name : "");
     s_copy(st->model_dir, sizeof st->model_dir, s->c.model_dir ? s->c.model_dir : "");
-    const s_conf_t *target = s->switch_new       ? s->switch_new
-                             : s->switch_phase == 2 ? &s->c
-                                                    : NULL;
+    const s_conf_t *target = s->switch_new ? s->switch_new : s->switch_phase == 2 ? &s->c : NULL;
     s_copy(st->switching_to, sizeof st->switching_to, target ? target->profile_name : "");
     st->generation = s->sl ? shardlink_generation(s->sl) : 0;
     st->deaths_recent = s_recent_deaths(s, now);
@@ -1044,8 +1042,10 @@ static void s_drain_inbox_failing(sched_t *s, const char *msg) {
 /* Phase 1 -> 2: the old group is stopped and the new settings applied and started. */
 static void s_switch_apply(sched_t *s) {
     gerr_t err = {{0}};
-    if (s->rqs) s_fail_all(s, GW_FINISH_ERROR, "the server switched profiles before this "
-                                               "request finished; retry it");
+    if (s->rqs)
+        s_fail_all(s, GW_FINISH_ERROR,
+                   "the server switched profiles before this "
+                   "request finished; retry it");
     s_requeue_running(s);
     shardlink_free(&s->sl, 5.0); /* SHUTDOWN, then SIGKILL after the grace */
     s_conf_t *prev = malloc(sizeof *prev);
@@ -1075,8 +1075,9 @@ static void s_switch_apply(sched_t *s) {
     s->degraded_retry_at = 0;
     s->ready_checked = false;
     s->state = SCHED_STATE_LOADING;
-    snprintf(s->state_msg, sizeof s->state_msg, "switching to profile '%.60s': starting %d shard(s)",
-             s->c.profile_name, s->c.o.n_shards);
+    snprintf(s->state_msg, sizeof s->state_msg,
+             "switching to profile '%.60s': starting %d shard(s)", s->c.profile_name,
+             s->c.o.n_shards);
     LOG_INFO("sched", "%s", s->state_msg);
     if (shardlink_start(s->sl, &err) != 0) s_switch_failed(s, err.msg);
 }
@@ -1175,9 +1176,9 @@ static void *s_main(void *arg) {
         bool stop = s->stop;
         pthread_mutex_unlock(&s->mu);
         if (stop) break;
-        zmq_pollitem_t it[2] = {{.socket = s->sl ? shardlink_socket(s->sl) : NULL,
-                                 .events = ZMQ_POLLIN},
-                                {.fd = s->efd, .events = ZMQ_POLLIN}};
+        zmq_pollitem_t it[2] = {
+            {.socket = s->sl ? shardlink_socket(s->sl) : NULL, .events = ZMQ_POLLIN},
+            {.fd = s->efd, .events = ZMQ_POLLIN}};
         int rc = s->sl ? zmq_poll(it, 2, SCHED_POLL_MS) : zmq_poll(&it[1], 1, SCHED_POLL_MS);
         if (rc < 0 && errno != EINTR) {
             LOG_ERROR("sched", "zmq_poll: %s", zmq_strerror(errno));

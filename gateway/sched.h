@@ -15,8 +15,8 @@
  * after the shards come up gates the READY state (GET /ready).
  *
  * Other threads call only sched_submit, sched_cancel*, sched_snapshot,
- * sched_drain / sched_resume, sched_restart_shard, sched_switch and sched_free; they hand messages to the scheduler
- * thread and never touch its state. */
+ * sched_drain / sched_resume, sched_restart_shard, sched_switch and sched_free; they hand messages
+ * to the scheduler thread and never touch its state. */
 #ifndef GPTOSS_SCHED_H
 #define GPTOSS_SCHED_H
 
@@ -55,9 +55,9 @@ typedef struct {
     double heartbeat_s;      /* heartbeat interval (default 1) */
     int vocab_limit;         /* ids >= this never sampled (default: tokenizer size or vocab) */
     /* supervisor (added with --tp / profiles) */
-    const char *profile_name; /* shown by status and GET /profiles ("" or NULL: none) */
-    const char *profiles_dir; /* where GET /profiles looks (NULL: none) */
-    int crash_loop_deaths;    /* this many shard deaths ... (default 5) */
+    const char *profile_name;   /* shown by status and GET /profiles ("" or NULL: none) */
+    const char *profiles_dir;   /* where GET /profiles looks (NULL: none) */
+    int crash_loop_deaths;      /* this many shard deaths ... (default 5) */
     double crash_loop_window_s; /* ... within this window -> DEGRADED (default 60) */
     double degraded_retry_s;    /* DEGRADED by deaths: try the shards again after this (default
                                    30; < 0: only on restart-shard / switch-profile) */
@@ -94,12 +94,12 @@ typedef struct {
     int vocab_size;  /* model vocabulary (after READY) */
     int max_context; /* longest sequence accepted */
     /* supervisor (added with --tp / profiles) */
-    char profile[72];         /* active profile name ("" when started with --model) */
-    char model_dir[256];      /* active model folder */
-    char switching_to[72];    /* a profile switch in progress ("" when none) */
-    int generation;           /* shard group starts so far (1 after the first start) */
-    int deaths_recent;        /* shard deaths within the crash-loop window */
-    int default_max_tokens;   /* the active profile's request defaults (0: none) */
+    char profile[72];       /* active profile name ("" when started with --model) */
+    char model_dir[256];    /* active model folder */
+    char switching_to[72];  /* a profile switch in progress ("" when none) */
+    int generation;         /* shard group starts so far (1 after the first start) */
+    int deaths_recent;      /* shard deaths within the crash-loop window */
+    int default_max_tokens; /* the active profile's request defaults (0: none) */
     double default_temperature;
     char default_reasoning[8];
 } sched_stats_t;
