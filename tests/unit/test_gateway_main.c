@@ -98,7 +98,16 @@ int main(void) {
     CHECK_MSG(status == 200, "GET /ready -> %d", status);
     struct stat st;
     CHECK(stat(run_dir, &st) == 0 && S_ISDIR(st.st_mode));
-    /* the shard's pid, from the scheduler's log line "shard 0: started pid N" */
+    /* the shard's pid, from the scheduler's log line "shard 0: started pid N"; the scheduler
+     * thread may log it after the listening line, so read what stderr has by now */
+    for (;;) {
+        struct pollfd p = {.fd = pfd[0], .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0) break;
+        ssize_t n = read(pfd[0], log + len, sizeof log - 1 - len);
+        if (n <= 0) break;
+        len += (size_t)n;
+        log[len] = 0;
+    }
     int shard_pid = 0;
     const char *sp = strstr(log, "started pid ");
     if (sp) shard_pid = atoi(sp + strlen("started pid "));
