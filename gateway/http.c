@@ -662,28 +662,12 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     int status = c->status ? c->status : 499; /* 499: the client went before an answer */
     if (c->ri >= 0 || c->url)
         metrics_count_request(c->ri >= 0 ? s_routes[c->ri].label : "other", status);
+    /* Finish reasons are counted here, where tool_calls and stop strings are known; token
+     * counts and latency histograms by the scheduler, per token. */
     if (job && c->submitted) {
-        int gen = 0;
         for (int i = 0; i < job->n_choices; i++) {
             const char *reason = api_job_finish_reason(job, i);
             metrics_count_finish(reason ? reason : "abort");
-            gen += api_job_choice_tokens(job, i);
-        }
-        metrics_add_tokens((uint64_t)job->prompt_tokens, (uint64_t)gen);
-        gw_timings_t t = job->timings;
-        if (t.submitted <= 0) gw_stream_get_timings(job->stream_ref, &t);
-        if (t.submitted > 0 && t.first_token > 0) {
-            metrics_observe(METRICS_TTFT, t.first_token - t.submitted);
-            if (t.scheduled > 0) {
-                metrics_observe(METRICS_QUEUE, t.scheduled - t.submitted);
-                metrics_observe(METRICS_PREFILL, t.first_token - t.scheduled);
-            }
-            if (t.finished > 0) {
-                metrics_observe(METRICS_E2E, t.finished - t.submitted);
-                metrics_observe(METRICS_DECODE, t.finished - t.first_token);
-                int n0 = api_job_choice_tokens(job, 0);
-                if (n0 > 1) metrics_observe(METRICS_ITL, (t.finished - t.first_token) / (n0 - 1));
-            }
         }
     }
     bool quiet = c->ri >= 0 && !s_routes[c->ri].auth && status == 200;
