@@ -403,7 +403,7 @@ static void s_seq_finish(sched_t *s, seq_t *q, gw_finish_t why, const char *msg)
                   (unsigned long long)r->req->id);
     r->last_finish = why;
     if (msg) s_copy(r->last_message, sizeof r->last_message, msg);
-    if (!r->selftest) metrics_count_finish(s_finish_name(why));
+    /* finish reasons are counted by the HTTP side, which knows tool_calls and stop strings */
     LOG_DEBUG("sched", "req %llu choice %d: finished (%s, %d tokens)%s%s",
               (unsigned long long)r->req->id, q->choice, s_finish_name(why), q->n_gen,
               msg ? ": " : "", msg ? msg : "");
