@@ -129,6 +129,10 @@ typedef struct {
     bool failed;             /* a choice finished with ERROR / TIMEOUT; err says what */
     api_error_t err;
     gw_timings_t timings; /* copied when done */
+    int32_t forced[64];   /* chat: header tokens appended to the prompt by tool_choice
+                             (required / a named function), fed to each choice's parser
+                             before its first generated token */
+    int n_forced;
 } api_job_t;
 
 /* Parses a chat-completions body into *job and *req (both caller-owned: api_job_free,

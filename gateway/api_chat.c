@@ -283,16 +283,21 @@ int api_job_from_chat(const cJSON *body, const api_limits_t *lim, const tokenize
                       cJSON_GetArraySize(msgs), max_msgs);
         return -1;
     }
-    /* tool_choice: "none" drops the tools; "auto", "required" and a named function render the
-     * tools normally (required / named are a hint only: the output is not constrained). */
+    /* tool_choice: "none" drops the tools; "auto" lets the model choose. "required" and a named
+     * function force a call: the assistant header is written into the prompt after
+     * <|start|>assistant (`<|channel|>commentary to=functions.` for required, the full header
+     * up to <|message|> for a named function), so the model can only continue with a call;
+     * the forced tokens are fed to the output parser as if the model had written them. */
     bool drop_tools = false;
+    char forced_text[512] = "";
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(body, "tool_choice");
     if (tc && !cJSON_IsNull(tc)) {
         if (cJSON_IsString(tc)) {
             if (strcmp(tc->valuestring, "none") == 0)
                 drop_tools = true;
-            else if (strcmp(tc->valuestring, "auto") != 0 &&
-                     strcmp(tc->valuestring, "required") != 0) {
+            else if (strcmp(tc->valuestring, "required") == 0)
+                snprintf(forced_text, sizeof forced_text, "<|channel|>commentary to=functions.");
+            else if (strcmp(tc->valuestring, "auto") != 0) {
                 api_error_set(e, 400, "tool_choice", "invalid_value",
                               "tool_choice: must be \"none\", \"auto\", \"required\" or "
                               "{\"type\":\"function\",\"function\":{\"name\":...}}");
@@ -305,6 +310,40 @@ int api_job_from_chat(const cJSON *body, const api_limits_t *lim, const tokenize
                 api_error_set(e, 400, "tool_choice", "invalid_value",
                               "tool_choice: an object must be {\"type\":\"function\","
                               "\"function\":{\"name\":\"...\"}}");
+                return -1;
+            }
+            if (strlen(name->valuestring) > 200 || strpbrk(name->valuestring, " <>|\n")) {
+                api_error_set(e, 400, "tool_choice", "invalid_value",
+                              "tool_choice: '%.64s' is not a valid function name",
+                              name->valuestring);
+                return -1;
+            }
+            snprintf(forced_text, sizeof forced_text,
+                     "<|channel|>commentary to=functions.%s <|constrain|>json<|message|>",
+                     name->valuestring);
+        }
+        if (forced_text[0]) {
+            /* a forced call needs the tool among the request's tools */
+            const cJSON *tools = cJSON_GetObjectItemCaseSensitive(body, "tools");
+            const cJSON *fnname =
+                cJSON_IsObject(tc) ? cJSON_GetObjectItemCaseSensitive(
+                                         cJSON_GetObjectItemCaseSensitive(tc, "function"), "name")
+                                   : NULL;
+            bool found = !fnname && cJSON_GetArraySize(tools) > 0;
+            const cJSON *t;
+            const cJSON *tool_list = cJSON_IsArray(tools) ? tools : NULL;
+            cJSON_ArrayForEach(t, tool_list) {
+                const cJSON *tn = cJSON_GetObjectItemCaseSensitive(
+                    cJSON_GetObjectItemCaseSensitive(t, "function"), "name");
+                if (fnname && cJSON_IsString(tn) &&
+                    strcmp(tn->valuestring, fnname->valuestring) == 0)
+                    found = true;
+            }
+            if (!found) {
+                api_error_set(e, 400, "tool_choice", "invalid_value",
+                              fnname ? "tool_choice: no function named '%.64s' in tools"
+                                     : "tool_choice: \"required\" needs at least one tool%.0s",
+                              fnname ? fnname->valuestring : "");
                 return -1;
             }
         }
@@ -358,7 +397,7 @@ int api_job_from_chat(const cJSON *body, const api_limits_t *lim, const tokenize
         else
             conv->effort = HARMONY_EFFORT_MEDIUM;
     }
-    tok_ids_t ids = {0};
+    tok_ids_t ids = {0}, forced = {0};
     rc = harmony_render_ids(conv, tok, &ids, &ge);
     harmony_conv_free(&conv);
     if (rc < 0) {
@@ -366,12 +405,30 @@ int api_job_from_chat(const cJSON *body, const api_limits_t *lim, const tokenize
         api_error_set(e, rc == GERR_NOMEM ? 500 : 400, "messages", "invalid_value", "%s", ge.msg);
         return -1;
     }
+    if (forced_text[0]) {
+        bool ok = tok_encode_special(tok, forced_text, strlen(forced_text), &forced) == 0 &&
+                  forced.len <= sizeof(((api_job_t *)0)->forced) / sizeof(int32_t);
+        for (size_t i = 0; ok && i < forced.len; i++)
+            ok = tok_ids_push(&ids, forced.ids[i]) == 0;
+        if (!ok) {
+            tok_ids_free(&ids);
+            tok_ids_free(&forced);
+            api_error_set(e, 400, "tool_choice", "invalid_value",
+                          "tool_choice: the function name is too long");
+            return -1;
+        }
+    }
     api_job_t *job;
     gw_request_t *req;
     if (s_alloc(API_KIND_CHAT, tok, &job, &req, e) < 0) {
         tok_ids_free(&ids);
+        tok_ids_free(&forced);
         return -1;
     }
+    for (size_t i = 0; i < forced.len; i++)
+        job->forced[i] = forced.ids[i];
+    job->n_forced = (int)forced.len;
+    tok_ids_free(&forced);
     req->prompt = ids.ids; /* ownership moves */
     req->n_prompt = (int)ids.len;
     job->logprobs = logprobs;
@@ -742,6 +799,8 @@ static void s_token(api_job_t *job, api_choice_t *c, const gw_event_t *ev) {
     }
     if (job->kind == API_KIND_CHAT) {
         bool was = c->in_reasoning;
+        for (int i = 0; c->n_tokens == 1 && i < job->n_forced; i++)
+            if (harmony_parser_push(c->hp, job->forced[i]) < 0) s_oom(job);
         if (harmony_parser_push(c->hp, ev->token) < 0) s_oom(job);
         if (was || c->in_reasoning) c->n_reasoning++;
         return;

@@ -311,3 +311,35 @@ test('health, ready, stats, metrics contents', async () => {
   assert.match(m, /gptoss:shard_up\{shard="0"\} 1/);
   assert.match(m, /gptoss:generation_tokens_total [1-9]/);
 });
+
+test('tool_choice: a named function or "required" forces a tool call', async () => {
+  const tools = [{ type: 'function', function: { name: 'get_weather', description: 'Weather',
+    parameters: { type: 'object', properties: { city: { type: 'string' } } } } },
+  { type: 'function', function: { name: 'get_time', parameters: { type: 'object', properties: {} } } }];
+  const named = await client.chat.completions.create({
+    model: MODEL, messages: msgs, tools, max_tokens: 8, seed: 5,
+    tool_choice: { type: 'function', function: { name: 'get_time' } } });
+  const m = named.choices[0].message;
+  assert.equal(m.content, null);
+  assert.equal(m.tool_calls.length, 1);
+  assert.equal(m.tool_calls[0].type, 'function');
+  assert.equal(m.tool_calls[0].function.name, 'get_time');
+  assert.match(m.tool_calls[0].id, /^call_/);
+  // streamed: the call's first chunk carries the forced name
+  const stream = await client.chat.completions.create({
+    model: MODEL, messages: msgs, tools, max_tokens: 8, seed: 5, stream: true,
+    tool_choice: { type: 'function', function: { name: 'get_weather' } } });
+  let name = '';
+  for await (const chunk of stream) {
+    for (const tc of chunk.choices[0]?.delta?.tool_calls || []) name += tc.function?.name || '';
+  }
+  assert.equal(name, 'get_weather');
+  // "required" forces a call to some function (the random model picks the name)
+  const req = await post('/v1/chat/completions', { messages: msgs, tools, max_tokens: 4,
+    tool_choice: 'required' });
+  assert.equal(req.status, 200, req.text);
+  assertOpenAIError(await post('/v1/chat/completions', { messages: msgs, tools,
+    tool_choice: { type: 'function', function: { name: 'nope' } } }), 400, 'tool_choice');
+  assertOpenAIError(await post('/v1/chat/completions', { messages: msgs,
+    tool_choice: 'required' }), 400, 'tool_choice');
+});
