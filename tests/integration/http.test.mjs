@@ -5,6 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import OpenAI from 'openai';
+import net from 'node:net';
 
 const URL = process.env.GPTOSS_URL;
 const KEY = process.env.GPTOSS_KEY;
@@ -342,4 +343,28 @@ test('tool_choice: a named function or "required" forces a tool call', async () 
     tool_choice: { type: 'function', function: { name: 'nope' } } }), 400, 'tool_choice');
   assertOpenAIError(await post('/v1/chat/completions', { messages: msgs,
     tool_choice: 'required' }), 400, 'tool_choice');
+});
+
+test('2000 idle connections do not starve a request', async () => {
+  const u = new globalThis.URL(URL);
+  const socks = [];
+  let connected = 0;
+  try {
+    await Promise.all(Array.from({ length: 2000 }, () => new Promise((resolve) => {
+      const sk = net.connect({ host: u.hostname, port: Number(u.port) }, () => {
+        connected++;
+        resolve();
+      });
+      sk.on('error', resolve);
+      socks.push(sk);
+    })));
+    assert.equal(connected, 2000);
+    const t0 = Date.now();
+    const r = await client.chat.completions.create({ model: MODEL, messages: msgs, max_tokens: 4 });
+    assert.equal(r.choices.length, 1);
+    assert.ok(Date.now() - t0 < 20000, `request took ${Date.now() - t0} ms`);
+    await healthy();
+  } finally {
+    for (const sk of socks) sk.destroy();
+  }
 });
