@@ -12,6 +12,11 @@
  *   a second sequence's whole prompt), then batched greedy decode with the tokens broadcast
  *   from rank 0; f32 and bf16 KV. Every logits row must be within 1e-4 relative L2 of the
  *   world-1 engine's and the greedy tokens identical.
+ * - Bytes read: on a model with 512 KiB of gate_up rows per expert and shard, rank 1 runs the
+ *   script with the pages of rank 0's q_proj, gate_up and lm_head rows made unreadable
+ *   (mprotect PROT_NONE on its mapping): any read would kill it. (down_proj is sliced by
+ *   block columns inside each row, so shards share its pages; its byte ranges are checked
+ *   against st_slice.)
  * - gptoss-shardd with --world 2 over the real protocol (a test ROUTER plays the gateway and
  *   creates the comm segment as the gateway does): both READY, greedy generation of a tiny-a
  *   case equal to expected.json (rank 0 answers the tokens, rank 1 empty RESULTs); then rank
@@ -26,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -274,6 +280,61 @@ static void test_slices(const char *tiny) {
     weights_free(&w);
 }
 
+/* ---- bytes a shard reads --------------------------------------------------------------- */
+
+static bool s_guard_pages; /* set: the script's rank 1 runs with the others' pages unreadable */
+
+/* Sets prot on the whole pages inside [a, b); returns the number of pages or -1. */
+static long s_protect(uintptr_t a, uintptr_t b, int prot) {
+    const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = (a + pg - 1) & ~(pg - 1), hi = b & ~(pg - 1);
+    if (hi <= lo) return 0;
+    if (mprotect((void *)lo, hi - lo, prot)) return -1;
+    return (long)((hi - lo) / pg);
+}
+
+/* Sets prot on the pages of the other ranks' rows of q_proj, gate_up (blocks) and lm_head
+ * (dim-0 slices, every expert); returns the pages changed or -1. down_proj's block columns
+ * share pages between shards and are checked against st_slice only. */
+static long s_guard(const weights_t *w, int prot) {
+    const gptoss_config_t *c = &w->cfg;
+    long pages = 0;
+    for (int r = 0; r < w->world; r++) {
+        weights_slice_t sl;
+        st_slice_t ss;
+        gerr_t err = {{0}};
+        if (r == w->rank || weights_slice(c, r, w->world, &sl, &err)) continue;
+        for (int l = -1; l < c->num_hidden_layers; l++) {
+            for (int k = 0; k < 2; k++) {
+                const st_tensor_t *t;
+                int dim = l < 0 ? 0 : k ? 1 : 0;
+                int64_t b0, b1;
+                if (l < 0 && k == 1) continue;
+                if (l < 0) {
+                    t = s_tensor(w, -1, "lm_head.weight");
+                    b0 = sl.vocab_begin, b1 = sl.vocab_begin + sl.vocab_rows;
+                } else if (k == 0) {
+                    t = s_tensor(w, l, "self_attn.q_proj.weight");
+                    b0 = (int64_t)sl.head_begin * c->head_dim;
+                    b1 = b0 + (int64_t)sl.n_heads * c->head_dim;
+                } else {
+                    t = s_tensor(w, l, "mlp.experts.gate_up_proj_blocks");
+                    b0 = 2 * sl.unit_begin, b1 = 2 * (sl.unit_begin + sl.n_units);
+                }
+                if (!t || b1 <= b0) continue;
+                if (st_slice(t, dim, b0, b1, &ss, &err)) return -1;
+                for (uint64_t i = 0; i < ss.count; i++) {
+                    uintptr_t a = (uintptr_t)s_at(t, &ss) + i * ss.stride;
+                    long n = s_protect(a, a + ss.len, prot);
+                    if (n < 0) return -1;
+                    pages += n;
+                }
+            }
+        }
+    }
+    return pages;
+}
+
 /* ---- numerics ------------------------------------------------------------------------- */
 
 /* What rank 0 saw: every logits row in order, and the greedy tokens. */
@@ -312,6 +373,14 @@ static int s_script(const char *model, int rank, int world, comm_t *comm, ops_kv
     int rc = -1;
     if (weights_load_shard(model, rank, world, &w, &err) || ops_cpu_new(1, NULL, &ops, &err))
         goto done;
+    if (s_guard_pages && rank == 1) { /* reading any of these pages kills rank 1 (SIGSEGV) */
+        long pages = s_guard(w, PROT_NONE);
+        fprintf(stderr, "rank 1: %ld pages of the other shards' slices made unreadable\n", pages);
+        if (pages < 256) {
+            gerr_set(&err, "could not protect the other shards' pages (%ld)", pages);
+            goto done;
+        }
+    }
     engine_opts_t eo = {.kv_dtype = dt,
                         .block_size = 4,
                         .kv_budget_bytes = 8 << 20,
@@ -388,6 +457,7 @@ static int s_script(const char *model, int rank, int world, comm_t *comm, ops_kv
         if (engine_step(eng, s3, 2, logits, &err)) goto done;
         if (rank == 0 && s_keep(out, logits, 2, V)) goto done;
     }
+    if (s_guard_pages && rank == 1 && s_guard(w, PROT_READ) < 0) goto done;
     rc = 0;
 done:
     if (rc) fprintf(stderr, "test: rank %d of %d: %s\n", rank, world, err.msg);
@@ -884,12 +954,22 @@ int main(void) {
                                          "8", "--kv-heads", "4", "--intermediate", "96", "--hidden",
                                          "64", "--vocab", "1000", NULL});
     CHECK_MSG(mk == 0, "gptoss-mkmodel exit status %d", mk);
-    if (mk != 0) return tcheck_done("test_tp");
+    /* experts large enough that a shard's rows of one expert span many pages (512 KiB) */
+    char big[600];
+    snprintf(big, sizeof big, "%s-big", s_gen_model);
+    int mk2 = s_run((const char *const[]){bin, "--out", big, "--preset", "tiny", "--layers", "1",
+                                          "--heads", "8", "--kv-heads", "4", "--intermediate",
+                                          "2048", "--hidden", "512", "--vocab", "1000", NULL});
+    CHECK_MSG(mk2 == 0, "gptoss-mkmodel exit status %d", mk2);
+    if (mk != 0 || mk2 != 0) return tcheck_done("test_tp");
 
     test_slices(tiny);
     test_numerics(tiny, (const int[]){2}, 1, OPS_KV_F32);
     test_numerics(s_gen_model, (const int[]){2, 4}, 2, OPS_KV_F32);
     test_numerics(s_gen_model, (const int[]){2, 4}, 2, OPS_KV_BF16);
+    s_guard_pages = true; /* rank 1 never reads rank 0's slices */
+    test_numerics(big, (const int[]){2}, 1, OPS_KV_F32);
+    s_guard_pages = false;
 
     snprintf(s_endpoint, sizeof s_endpoint, "ipc:///tmp/gptoss-test-tp-%ld-%lld.ipc",
              (long)getpid(), s_now_ms());
@@ -908,12 +988,15 @@ int main(void) {
         zmq_ctx_term(s_ctx);
         unlink(s_endpoint + strlen("ipc://"));
     }
-    char path[600];
+    char path[800];
     const char *files[] = {"config.json", "generation_config.json", "model.safetensors"};
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        snprintf(path, sizeof path, "%s/%s", s_gen_model, files[i]);
-        unlink(path);
+    for (int m = 0; m < 2; m++) {
+        const char *dir = m ? big : s_gen_model;
+        for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+            snprintf(path, sizeof path, "%s/%s", dir, files[i]);
+            unlink(path);
+        }
+        rmdir(dir);
     }
-    rmdir(s_gen_model);
     return tcheck_done("test_tp");
 }
