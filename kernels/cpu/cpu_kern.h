@@ -18,9 +18,12 @@ typedef struct {
      * y: [T][W->rows]; bias bf16 or NULL). */
     void (*bf16_rows)(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias, int r0,
                       int r1, float *y);
-    /* Same for MXFP4 weights. */
+    /* Same for MXFP4 weights; x in split order if mxfp4_split_x. */
     void (*mxfp4_rows)(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
                        int r0, int r1, float *y);
+    /* 1: mxfp4_rows wants each 16 values of x as the 8 even ones then the 8 odd
+     * ones (cpu_split_x), the order in which nibbles leave a byte. */
+    int mxfp4_split_x;
     /* Returns a . b over n floats. */
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += a * x[i] for i < n. */
@@ -29,8 +32,14 @@ typedef struct {
 
 /* 2^(s - 128) for each E8M0 byte s: the scale of the doubled E2M1 integers. */
 extern float cpu_mxfp4_half_scale[256];
-/* Fills cpu_mxfp4_half_scale (idempotent). */
+/* 2^(s - 152) for each E8M0 byte s: the scale of the doubled E2M1 integers times 2^24. */
+extern float cpu_mxfp4_scale24[256];
+/* Fills cpu_mxfp4_half_scale and cpu_mxfp4_scale24 (idempotent). */
 void cpu_kern_init_tables(void);
+
+/* Writes x ([T][n], n a multiple of 16) to out in split order: in each 16 values,
+ * the 8 at even offsets, then the 8 at odd offsets. */
+void cpu_split_x(const float *x, int T, int n, float *out);
 
 extern const cpu_kern_t cpu_kern_generic;
 /* Per-ISA tables, defined in kern_<isa>.c (compiled for that ISA; call only after

@@ -12,6 +12,11 @@
 #include "cpu_kern.h"
 #include "mxfp4.h"
 
+#define S_MX_KB 8   /* blocks per reduction chunk of the 8-token tile (8 tokens x 1 KB of x) */
+#define S_MX_RB 16  /* rows sharing one x chunk */
+#define S_BF_KC 512 /* columns per reduction chunk of the bf16 4-token tile (8 KB of x) */
+#define S_BF_RB 8   /* row pairs sharing one x chunk */
+
 static inline float s_hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
     lo = _mm_add_ps(lo, hi);
@@ -33,36 +38,51 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
     for (; t + 4 <= T; t += 4) {
         const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
         int r = r0;
-        /* two rows x four tokens: 8 accumulators, each x load feeds two FMAs */
-        for (; r + 2 <= r1 && n8 == n; r += 2) {
-            const uint16_t *w = W->w + (size_t)r * W->stride, *u = w + W->stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (int c = 0; c < n; c += 8) {
-                __m256 wv = s_load_bf16(w + c), uv = s_load_bf16(u + c), xv;
-                xv = _mm256_loadu_ps(x0 + c);
-                a0 = _mm256_fmadd_ps(wv, xv, a0);
-                b0 = _mm256_fmadd_ps(uv, xv, b0);
-                xv = _mm256_loadu_ps(x1 + c);
-                a1 = _mm256_fmadd_ps(wv, xv, a1);
-                b1 = _mm256_fmadd_ps(uv, xv, b1);
-                xv = _mm256_loadu_ps(x2 + c);
-                a2 = _mm256_fmadd_ps(wv, xv, a2);
-                b2 = _mm256_fmadd_ps(uv, xv, b2);
-                xv = _mm256_loadu_ps(x3 + c);
-                a3 = _mm256_fmadd_ps(wv, xv, a3);
-                b3 = _mm256_fmadd_ps(uv, xv, b3);
+        /* two rows x four tokens: 8 accumulators, each x load feeds two FMAs; the
+         * reduction runs in chunks of S_BF_KC columns so that the x chunk stays in
+         * L1 for S_BF_RB row pairs (accumulators wait in acc; same summation order) */
+        for (; r + 2 <= r1 && n8 == n;) {
+            const int np = (r1 - r) / 2 < S_BF_RB ? (r1 - r) / 2 : S_BF_RB;
+            __m256 acc[S_BF_RB][8];
+            for (int c0 = 0; c0 < n; c0 += S_BF_KC) {
+                const int c1 = c0 + S_BF_KC < n ? c0 + S_BF_KC : n;
+                for (int p = 0; p < np; p++) {
+                    const uint16_t *w = W->w + (size_t)(r + 2 * p) * W->stride, *u = w + W->stride;
+                    __m256 *ar = acc[p];
+                    __m256 a0, a1, a2, a3, b0, b1, b2, b3;
+                    if (c0 == 0) {
+                        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _mm256_setzero_ps();
+                    } else {
+                        a0 = ar[0], a1 = ar[1], a2 = ar[2], a3 = ar[3];
+                        b0 = ar[4], b1 = ar[5], b2 = ar[6], b3 = ar[7];
+                    }
+                    for (int c = c0; c < c1; c += 8) {
+                        __m256 wv = s_load_bf16(w + c), uv = s_load_bf16(u + c), xv;
+                        xv = _mm256_loadu_ps(x0 + c);
+                        a0 = _mm256_fmadd_ps(wv, xv, a0);
+                        b0 = _mm256_fmadd_ps(uv, xv, b0);
+                        xv = _mm256_loadu_ps(x1 + c);
+                        a1 = _mm256_fmadd_ps(wv, xv, a1);
+                        b1 = _mm256_fmadd_ps(uv, xv, b1);
+                        xv = _mm256_loadu_ps(x2 + c);
+                        a2 = _mm256_fmadd_ps(wv, xv, a2);
+                        b2 = _mm256_fmadd_ps(uv, xv, b2);
+                        xv = _mm256_loadu_ps(x3 + c);
+                        a3 = _mm256_fmadd_ps(wv, xv, a3);
+                        b3 = _mm256_fmadd_ps(uv, xv, b3);
+                    }
+                    ar[0] = a0, ar[1] = a1, ar[2] = a2, ar[3] = a3;
+                    ar[4] = b0, ar[5] = b1, ar[6] = b2, ar[7] = b3;
+                }
             }
-            float bw = bias ? bf16_to_f32(bias[r]) : 0.0f,
-                  bu = bias ? bf16_to_f32(bias[r + 1]) : 0.0f;
-            y[(size_t)t * ldy + r] = s_hsum(a0) + bw;
-            y[(size_t)(t + 1) * ldy + r] = s_hsum(a1) + bw;
-            y[(size_t)(t + 2) * ldy + r] = s_hsum(a2) + bw;
-            y[(size_t)(t + 3) * ldy + r] = s_hsum(a3) + bw;
-            y[(size_t)t * ldy + r + 1] = s_hsum(b0) + bu;
-            y[(size_t)(t + 1) * ldy + r + 1] = s_hsum(b1) + bu;
-            y[(size_t)(t + 2) * ldy + r + 1] = s_hsum(b2) + bu;
-            y[(size_t)(t + 3) * ldy + r + 1] = s_hsum(b3) + bu;
+            for (int p = 0; p < np; p++, r += 2) {
+                float bw = bias ? bf16_to_f32(bias[r]) : 0.0f,
+                      bu = bias ? bf16_to_f32(bias[r + 1]) : 0.0f;
+                for (int i = 0; i < 4; i++) {
+                    y[(size_t)(t + i) * ldy + r] = s_hsum(acc[p][i]) + bw;
+                    y[(size_t)(t + i) * ldy + r + 1] = s_hsum(acc[p][4 + i]) + bu;
+                }
+            }
         }
         for (; r < r1; r++) {
             const uint16_t *w = W->w + (size_t)r * W->stride;
@@ -125,41 +145,121 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
     }
 }
 
-/* Decodes one 32-value MXFP4 block into w[4] (values in order, scale applied). */
-static inline void s_decode_block(const uint8_t *blk, float scale, __m128i lut, __m256 w[4]) {
-    const __m128i m0f = _mm_set1_epi8(0x0f);
-    __m128i bytes = _mm_loadu_si128((const __m128i *)blk);
-    __m128i lo = _mm_and_si128(bytes, m0f);
-    __m128i hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), m0f);
-    __m128i vlo = _mm_shuffle_epi8(lut, lo), vhi = _mm_shuffle_epi8(lut, hi);
-    __m128i e0 = _mm_unpacklo_epi8(vlo, vhi), e1 = _mm_unpackhi_epi8(vlo, vhi);
-    __m256 s = _mm256_set1_ps(scale);
-    w[0] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e0)), s);
-    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e0, 8))), s);
-    w[2] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(e1)), s);
-    w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(e1, 8))), s);
+/* MXFP4 decoding. x arrives in the split order of cpu_kern_t.mxfp4_split_x (per
+ * 16 values: the 8 even ones, then the 8 odd ones), which is the order in which
+ * the nibbles come out of a byte without any interleaving. The 16 bytes of a
+ * block are loaded into both 128-bit lanes; one pshufb spreads 8 bytes into the
+ * top byte of eight 32-bit lanes, a mask (or a 4-bit shift and the mask) keeps
+ * one nibble there, a second pshufb replaces it by the doubled E2M1 integer
+ * (signed int8, so the 32-bit lane is that integer times 2^24, sign included),
+ * and cvtdq2ps makes it a float. The 2^24 and the 0.5 of the doubling fold into
+ * the block's scale 2^(s - 152) (cpu_mxfp4_scale24), an exact power of two. */
+#define S_MX_KB 8   /* blocks per reduction chunk of the 8-token tile (8 tokens x 1 KB of x) */
+#define S_MX_RB 16  /* rows sharing one x chunk */
+#define S_BF_KC 512 /* columns per reduction chunk of the bf16 4-token tile (8 KB of x) */
+#define S_BF_RB 8   /* row pairs sharing one x chunk */
+
+typedef struct {
+    __m256i lut, spread0, spread1, mask;
+} s_mx_consts_t;
+
+static inline s_mx_consts_t s_mx_consts(void) {
+    s_mx_consts_t k;
+    k.lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)mxfp4_e2m1_x2));
+    /* byte 3 of lane i <- byte i (lanes 0-3) / 4 + i (lanes 4-7); 0x80 = zero */
+    k.spread0 = _mm256_setr_epi8(-128, -128, -128, 0, -128, -128, -128, 1, -128, -128, -128, 2,
+                                 -128, -128, -128, 3, -128, -128, -128, 4, -128, -128, -128, 5,
+                                 -128, -128, -128, 6, -128, -128, -128, 7);
+    k.spread1 = _mm256_add_epi32(k.spread0, _mm256_set1_epi32(8 << 24));
+    k.mask = _mm256_set1_epi32(0x0f000000);
+    return k;
+}
+
+/* Decodes one block (16 bytes) into w[4]: values 2^25 * E2M1 in split order. */
+static inline void s_mx_decode(const uint8_t *blk, const s_mx_consts_t *k, __m256 w[4]) {
+    __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk));
+    __m256i s0 = _mm256_shuffle_epi8(b, k->spread0), s1 = _mm256_shuffle_epi8(b, k->spread1);
+    w[0] = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_and_si256(s0, k->mask)));
+    w[1] = _mm256_cvtepi32_ps(
+        _mm256_shuffle_epi8(k->lut, _mm256_and_si256(_mm256_srli_epi32(s0, 4), k->mask)));
+    w[2] = _mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_and_si256(s1, k->mask)));
+    w[3] = _mm256_cvtepi32_ps(
+        _mm256_shuffle_epi8(k->lut, _mm256_and_si256(_mm256_srli_epi32(s1, 4), k->mask)));
+}
+
+/* One row at T = 1: the block's four products summed unscaled, then scaled once. */
+static inline float s_mx_row1(const uint8_t *blk, const uint8_t *sc, int nb, const float *xt,
+                              const s_mx_consts_t *k) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    int g = 0;
+    for (; g + 2 <= nb; g += 2) {
+        __m256 w[4], u[4];
+        _mm_prefetch((const char *)(blk + g * MXFP4_BLOCK_BYTES + 512), _MM_HINT_T0);
+        s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, k, w);
+        s_mx_decode(blk + (g + 1) * MXFP4_BLOCK_BYTES, k, u);
+        const float *xg = xt + g * MXFP4_BLOCK;
+        __m256 p = _mm256_mul_ps(w[0], _mm256_loadu_ps(xg));
+        __m256 q = _mm256_mul_ps(u[0], _mm256_loadu_ps(xg + 32));
+        p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xg + 8), p);
+        q = _mm256_fmadd_ps(u[1], _mm256_loadu_ps(xg + 40), q);
+        p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xg + 16), p);
+        q = _mm256_fmadd_ps(u[2], _mm256_loadu_ps(xg + 48), q);
+        p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xg + 24), p);
+        q = _mm256_fmadd_ps(u[3], _mm256_loadu_ps(xg + 56), q);
+        a0 = _mm256_fmadd_ps(p, _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]), a0);
+        a1 = _mm256_fmadd_ps(q, _mm256_set1_ps(cpu_mxfp4_scale24[sc[g + 1]]), a1);
+    }
+    for (; g < nb; g++) {
+        __m256 w[4];
+        s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, k, w);
+        const float *xg = xt + g * MXFP4_BLOCK;
+        __m256 p = _mm256_mul_ps(w[0], _mm256_loadu_ps(xg));
+        p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xg + 8), p);
+        p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xg + 16), p);
+        p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xg + 24), p);
+        a0 = _mm256_fmadd_ps(p, _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]), a0);
+    }
+    return s_hsum(_mm256_add_ps(a0, a1));
 }
 
 static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
                          int r0, int r1, float *y) {
     const int n = W->cols, nb = n / MXFP4_BLOCK;
     const size_t ldy = (size_t)W->rows;
-    const __m128i lut = _mm_loadu_si128((const __m128i *)mxfp4_e2m1_x2);
+    const s_mx_consts_t k = s_mx_consts();
     int t = 0;
-    /* eight tokens share each decoded block (decode cost spread over 32 FMAs); the
-     * accumulators are named so they stay in registers */
+    /* eight tokens share each decoded block (decode cost spread over 32 FMAs). The
+     * reduction runs in chunks of S_MX_KB blocks so that the 8 tokens' x chunk
+     * (8 KB) stays in L1 while S_MX_RB rows use it; the accumulators of those rows
+     * wait in acc between chunks (same summation order as without chunks). */
     for (; t + 8 <= T; t += 8) {
         const float *x0 = x + (size_t)t * n;
         const size_t n1 = (size_t)n;
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
-            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0, c6 = c0,
-                   c7 = c0;
-            for (int g = 0; g < nb; g++) {
-                __m256 w[4];
-                s_decode_block(blk + g * MXFP4_BLOCK_BYTES, cpu_mxfp4_half_scale[sc[g]], lut, w);
-                const float *xg = x0 + g * MXFP4_BLOCK;
+        for (int rb = r0; rb < r1; rb += S_MX_RB) {
+            const int re = rb + S_MX_RB < r1 ? rb + S_MX_RB : r1;
+            __m256 acc[S_MX_RB][8];
+            for (int g0 = 0; g0 < nb; g0 += S_MX_KB) {
+                const int g1 = g0 + S_MX_KB < nb ? g0 + S_MX_KB : nb;
+                for (int r = rb; r < re; r++) {
+                    const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
+                    const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
+                    __m256 *ar = acc[r - rb];
+                    __m256 c0, c1, c2, c3, c4, c5, c6, c7;
+                    if (g0 == 0) {
+                        c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = _mm256_setzero_ps();
+                    } else {
+                        c0 = ar[0], c1 = ar[1], c2 = ar[2], c3 = ar[3];
+                        c4 = ar[4], c5 = ar[5], c6 = ar[6], c7 = ar[7];
+                    }
+                    for (int g = g0; g < g1; g++) {
+                        __m256 w[4];
+                        s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, &k, w);
+                        __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
+                        w[0] = _mm256_mul_ps(w[0], s);
+                        w[1] = _mm256_mul_ps(w[1], s);
+                        w[2] = _mm256_mul_ps(w[2], s);
+                        w[3] = _mm256_mul_ps(w[3], s);
+                        const float *xg = x0 + g * MXFP4_BLOCK;
 #define S_FMA8(q)                                                                                  \
     c0 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 8 * (q)), c0);                                 \
     c1 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + n1 + 8 * (q)), c1);                            \
@@ -169,50 +269,21 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
     c5 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 5 * n1 + 8 * (q)), c5);                        \
     c6 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 6 * n1 + 8 * (q)), c6);                        \
     c7 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 7 * n1 + 8 * (q)), c7);
-                S_FMA8(0)
-                S_FMA8(1)
-                S_FMA8(2)
-                S_FMA8(3)
+                        S_FMA8(0)
+                        S_FMA8(1)
+                        S_FMA8(2)
+                        S_FMA8(3)
 #undef S_FMA8
-            }
-            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            y[(size_t)t * ldy + r] = s_hsum(c0) + b;
-            y[(size_t)(t + 1) * ldy + r] = s_hsum(c1) + b;
-            y[(size_t)(t + 2) * ldy + r] = s_hsum(c2) + b;
-            y[(size_t)(t + 3) * ldy + r] = s_hsum(c3) + b;
-            y[(size_t)(t + 4) * ldy + r] = s_hsum(c4) + b;
-            y[(size_t)(t + 5) * ldy + r] = s_hsum(c5) + b;
-            y[(size_t)(t + 6) * ldy + r] = s_hsum(c6) + b;
-            y[(size_t)(t + 7) * ldy + r] = s_hsum(c7) + b;
-        }
-    }
-    for (; t + 4 <= T; t += 4) {
-        const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
-            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (int g = 0; g < nb; g++) {
-                __m256 w[4];
-                s_decode_block(blk + g * MXFP4_BLOCK_BYTES, cpu_mxfp4_half_scale[sc[g]], lut, w);
-                const int c = g * MXFP4_BLOCK;
-                for (int q = 0; q < 4; q += 2) {
-                    a0 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(x0 + c + 8 * q), a0);
-                    a1 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(x1 + c + 8 * q), a1);
-                    a2 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(x2 + c + 8 * q), a2);
-                    a3 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(x3 + c + 8 * q), a3);
-                    b0 = _mm256_fmadd_ps(w[q + 1], _mm256_loadu_ps(x0 + c + 8 * q + 8), b0);
-                    b1 = _mm256_fmadd_ps(w[q + 1], _mm256_loadu_ps(x1 + c + 8 * q + 8), b1);
-                    b2 = _mm256_fmadd_ps(w[q + 1], _mm256_loadu_ps(x2 + c + 8 * q + 8), b2);
-                    b3 = _mm256_fmadd_ps(w[q + 1], _mm256_loadu_ps(x3 + c + 8 * q + 8), b3);
+                    }
+                    ar[0] = c0, ar[1] = c1, ar[2] = c2, ar[3] = c3;
+                    ar[4] = c4, ar[5] = c5, ar[6] = c6, ar[7] = c7;
                 }
             }
-            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            y[(size_t)t * ldy + r] = s_hsum(_mm256_add_ps(a0, b0)) + b;
-            y[(size_t)(t + 1) * ldy + r] = s_hsum(_mm256_add_ps(a1, b1)) + b;
-            y[(size_t)(t + 2) * ldy + r] = s_hsum(_mm256_add_ps(a2, b2)) + b;
-            y[(size_t)(t + 3) * ldy + r] = s_hsum(_mm256_add_ps(a3, b3)) + b;
+            for (int r = rb; r < re; r++) {
+                float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+                for (int i = 0; i < 8; i++)
+                    y[(size_t)(t + i) * ldy + r] = s_hsum(acc[r - rb][i]) + b;
+            }
         }
     }
     for (; t < T; t++) {
@@ -220,17 +291,7 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
         for (int r = r0; r < r1; r++) {
             const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
             const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int g = 0; g < nb; g++) {
-                __m256 w[4];
-                s_decode_block(blk + g * MXFP4_BLOCK_BYTES, cpu_mxfp4_half_scale[sc[g]], lut, w);
-                const float *xg = xt + g * MXFP4_BLOCK;
-                a0 = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xg), a0);
-                a1 = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xg + 8), a1);
-                a2 = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xg + 16), a2);
-                a3 = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xg + 24), a3);
-            }
-            float s = s_hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+            float s = s_mx_row1(blk, sc, nb, xt, &k);
             y[(size_t)t * ldy + r] = s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
         }
     }
@@ -265,6 +326,7 @@ static const cpu_kern_t s_kern = {
     .name = "avx2",
     .bf16_rows = s_bf16_rows,
     .mxfp4_rows = s_mxfp4_rows,
+    .mxfp4_split_x = 1,
     .dot = s_dot,
     .axpy = s_axpy,
 };

@@ -8,10 +8,21 @@
 #include "mxfp4.h"
 
 float cpu_mxfp4_half_scale[256];
+float cpu_mxfp4_scale24[256];
 
 void cpu_kern_init_tables(void) {
-    for (int s = 0; s < 256; s++)
+    for (int s = 0; s < 256; s++) {
         cpu_mxfp4_half_scale[s] = ldexpf(1.0f, s - 128);
+        cpu_mxfp4_scale24[s] = ldexpf(1.0f, s - 152);
+    }
+}
+
+void cpu_split_x(const float *x, int T, int n, float *out) {
+    for (size_t i = 0; i < (size_t)T * n; i += 16)
+        for (int j = 0; j < 8; j++) {
+            out[i + j] = x[i + 2 * j];
+            out[i + 8 + j] = x[i + 2 * j + 1];
+        }
 }
 
 static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias,

@@ -18,9 +18,10 @@
 #include "cpu_kern.h"
 #include "cpu_pool.h"
 
-#define S_SMALL_WORK 16384 /* multiply-adds below which a matmul stays single-threaded */
-#define S_ATTN_CHUNK 128   /* keys scored per online-softmax rescale */
-#define S_MAX_D      256   /* largest head_dim supported */
+#define S_SMALL_WORK  16384 /* multiply-adds below which a matmul stays single-threaded */
+#define S_ATTN_CHUNK  128   /* keys scored per online-softmax rescale */
+#define S_MAX_D       256   /* largest head_dim supported */
+#define S_SPLIT_STACK 8192  /* floats of split-order x kept on the stack (T = 1 and small T) */
 
 typedef struct {
     ops_t ops; /* must be first: ops_t* <-> s_cpu_t* */
@@ -84,9 +85,17 @@ static void s_matmul_mxfp4(const ops_t *o, const float *x, int T, const ops_mxfp
                            const uint16_t *bias, float *y) {
     if (T <= 0 || W->rows <= 0) return;
     assert(W->cols % 32 == 0);
+    float stack[S_SPLIT_STACK], *xs = NULL;
+    if (s_cpu(o)->kern->mxfp4_split_x) {
+        size_t n = (size_t)T * W->cols;
+        xs = n <= S_SPLIT_STACK ? stack : malloc(n * sizeof *xs);
+        if (!xs) abort(); /* ops have no error path; a few MB at most */
+        cpu_split_x(x, T, W->cols, xs);
+    }
     s_mm_job_t j = {
-        .cpu = s_cpu(o), .x = x, .T = T, .wm = W, .bias = bias, .y = y, .rows = W->rows};
+        .cpu = s_cpu(o), .x = xs ? xs : x, .T = T, .wm = W, .bias = bias, .y = y, .rows = W->rows};
     s_mm_run(s_cpu(o), &j, W->cols);
+    if (xs != stack) free(xs);
 }
 
 /* ---- elementwise ops ---------------------------------------------------------- */

@@ -48,7 +48,8 @@ static int s_close(double got, double want, double mag, double tol) {
 
 static void s_test_matmul_bf16(const ops_t *o) {
     const int Ts[] = {1, 2, 4, 5, 8, 11};
-    const int cols_list[] = {64, 72, 100, 2880 / 8};
+    /* 1104: past the 512-column reduction chunk of the AVX2 4-token tile, not a multiple of it */
+    const int cols_list[] = {64, 72, 100, 2880 / 8, 1104};
     for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
         for (size_t ci = 0; ci < sizeof cols_list / sizeof *cols_list; ci++) {
             int T = Ts[ti], cols = cols_list[ci], rows = 37 + (int)ci * 50;
@@ -132,6 +133,51 @@ static void s_test_matmul_mxfp4(const ops_t *o) {
             free(row);
         }
     }
+}
+
+/* MXFP4 with scales across the whole E8M0 range in use (tiny and huge blocks in one
+ * row), 93 blocks (past and not a multiple of the 8-block reduction chunk), rows
+ * past the 16-row block, T = 1 and a 16-token batch: exact up to fp32 rounding. */
+static void s_test_matmul_mxfp4_scales(const ops_t *o) {
+    const int cols = 93 * 32, rows = 41, Ts[] = {1, 16};
+    const size_t bstride = (size_t)cols / 2, sstride = (size_t)cols / 32;
+    uint8_t *blk = malloc((size_t)rows * bstride), *sc = malloc((size_t)rows * sstride);
+    for (size_t i = 0; i < (size_t)rows * bstride; i++)
+        blk[i] = (uint8_t)s_next();
+    for (size_t i = 0; i < (size_t)rows * sstride; i++)
+        sc[i] = (uint8_t)(40 + s_next() % 180); /* 2^-87 .. 2^92 */
+    float *row = malloc(sizeof(float) * (size_t)cols);
+    for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
+        const int T = Ts[ti];
+        float *x = s_f32_rand((size_t)T * cols, 2.0f);
+        float *y = malloc(sizeof(float) * (size_t)T * rows);
+        ops_mxfp4_mat_t W = {.blocks = blk,
+                             .scales = sc,
+                             .blocks_stride = bstride,
+                             .scales_stride = sstride,
+                             .rows = rows,
+                             .cols = cols};
+        o->matmul_mxfp4(o, x, T, &W, NULL, y);
+        int bad = 0;
+        for (int r = 0; r < rows; r++) {
+            mxfp4_decode_row(blk + r * bstride, sc + r * sstride, (size_t)cols, row);
+            for (int t = 0; t < T; t++) {
+                double acc = 0, mag = 0;
+                for (int c = 0; c < cols; c++) {
+                    double p = (double)row[c] * x[t * cols + c];
+                    acc += p;
+                    mag += fabs(p);
+                }
+                bad += !(fabs(y[t * rows + r] - acc) <= 1e-6 * mag);
+            }
+        }
+        CHECK_MSG(bad == 0, "%s matmul_mxfp4 wide scales T=%d: %d bad", o->name, T, bad);
+        free(x);
+        free(y);
+    }
+    free(row);
+    free(blk);
+    free(sc);
 }
 
 static void s_test_small_ops(const ops_t *o) {
@@ -366,6 +412,7 @@ int main(void) {
         tested++;
         s_test_matmul_bf16(o);
         s_test_matmul_mxfp4(o);
+        s_test_matmul_mxfp4_scales(o);
         s_test_small_ops(o);
         s_test_attention(o, OPS_KV_F32);
         s_test_attention(o, OPS_KV_BF16);

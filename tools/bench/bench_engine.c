@@ -31,6 +31,12 @@ static double s_now(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+static double s_cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
 static int s_cmp(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -234,11 +240,153 @@ static int s_run(engine_t *eng, kvcache_seq_t *seqs, int32_t **toks, int n_seqs,
     return rc;
 }
 
+/* ---- kernel micro-benchmark (--kernels) ------------------------------------- */
+
+/* One read-bandwidth pass over b (all threads), bytes/s. */
+static double s_bw_once(cpu_pool_t *pool, s_bw_t *b) {
+    double t = s_now();
+    cpu_pool_run(pool, b->parts, s_bw_task, b);
+    return (double)b->n * 8 / (s_now() - t);
+}
+
+/* `--kernels`: matmul throughput at T = 1 (GB/s of weights) and T = 64 (GFLOP/s)
+ * for a bf16 and an MXFP4 matrix larger than the caches, each timed right after a
+ * read-bandwidth pass with the same threads, so that the ratio holds on a shared
+ * machine. Prints per-repeat ratios and their medians. */
+static int s_kernels(int threads, int reps) {
+    gerr_t err = {{0}};
+    ops_t *ops = NULL;
+    if (ops_cpu_new(threads, NULL, &ops, &err)) {
+        fprintf(stderr, "gptoss-bench engine: %s\n", err.msg);
+        return 1;
+    }
+    const int n = 2880, rb = 46080, rm = 5760 * 16, T = 64;
+    const size_t bw_bytes = (size_t)256 << 20;
+    cpu_pool_t *pool = cpu_pool_new(ops_cpu_threads(ops));
+    uint64_t *bwbuf = malloc(bw_bytes);
+    uint16_t *wb = malloc(sizeof(uint16_t) * (size_t)rb * n);
+    uint8_t *blk = malloc((size_t)rm * n / 2), *sc = malloc((size_t)rm * n / 32);
+    float *x = malloc(sizeof(float) * (size_t)T * n), *y = malloc(sizeof(float) * (size_t)T * rb);
+    if (!pool || !bwbuf || !wb || !blk || !sc || !x || !y) {
+        fprintf(stderr, "gptoss-bench engine: out of memory\n");
+        return 1;
+    }
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    for (size_t i = 0; i < bw_bytes / 8; i++)
+        bwbuf[i] = i;
+    for (size_t i = 0; i < (size_t)rb * n; i++) {
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        wb[i] = (uint16_t)(0x3c00 + (rng & 0x3ff) + ((rng >> 10 & 1) << 15));
+    }
+    for (size_t i = 0; i < (size_t)rm * n / 2; i++) {
+        rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+        blk[i] = (uint8_t)rng;
+    }
+    for (size_t i = 0; i < (size_t)rm * n / 32; i++)
+        sc[i] = (uint8_t)(120 + i % 8);
+    for (size_t i = 0; i < (size_t)T * n; i++)
+        x[i] = (float)((i * 7919) % 1000) / 1000.0f - 0.5f;
+    s_bw_t b = {.buf = bwbuf, .n = bw_bytes / 8, .parts = cpu_pool_size(pool) * 4};
+    ops_bf16_mat_t W = {.w = wb, .stride = (size_t)n, .rows = rb, .cols = n};
+    ops_mxfp4_mat_t M = {.blocks = blk,
+                         .scales = sc,
+                         .blocks_stride = (size_t)n / 2,
+                         .scales_stride = (size_t)n / 32,
+                         .rows = rm,
+                         .cols = n};
+    const double bytes_b = 2.0 * rb * n, bytes_m = (double)rm * (n / 2 + n / 32);
+    enum { K = 6 };
+    const char *names[K] = {"bandwidth", "bf16 T=1",   "mxfp4 T=1",
+                            "bf16 T=64", "mxfp4 T=64", "fma peak"};
+    double v[K][64], ratio[K][64];
+    if (reps > 64) reps = 64;
+    int width = 0;
+    for (int r = 0; r < reps; r++) {
+        double bw = s_bw_once(pool, &b), t;
+        v[0][r] = bw / 1e9;
+        t = s_now();
+        ops->matmul_bf16(ops, x, 1, &W, NULL, y);
+        v[1][r] = bytes_b / (s_now() - t) / 1e9;
+        t = s_now();
+        ops->matmul_mxfp4(ops, x, 1, &M, NULL, y);
+        v[2][r] = bytes_m / (s_now() - t) / 1e9;
+        double bw2 = s_bw_once(pool, &b);
+        v[0][r] = 0.5 * (bw + bw2) / 1e9;
+        /* T = 64: a slice of rows (the time of a whole matrix is seconds) */
+        ops_bf16_mat_t Ws = W;
+        Ws.rows = 4096;
+        ops_mxfp4_mat_t Ms = M;
+        Ms.rows = 5760;
+        t = s_now();
+        ops->matmul_bf16(ops, x, T, &Ws, NULL, y);
+        v[3][r] = 2.0 * T * Ws.rows * n / (s_now() - t) / 1e9;
+        t = s_now();
+        ops->matmul_mxfp4(ops, x, T, &Ms, NULL, y);
+        v[4][r] = 2.0 * T * Ms.rows * n / (s_now() - t) / 1e9;
+        v[5][r] = s_fma_peak(pool, &width) / 1e9;
+        for (int k = 1; k < K; k++)
+            ratio[k][r] = v[k][r] / (k < 3 ? v[0][r] : v[5][r]);
+        printf("rep %d: bw %.1f GB/s | bf16 T=1 %.1f GB/s (%.0f%%) | mxfp4 T=1 %.1f GB/s (%.0f%%) "
+               "| bf16 T=64 %.1f GFLOP/s (%.0f%%) | mxfp4 T=64 %.1f GFLOP/s (%.0f%%) | peak %.1f\n",
+               r, v[0][r], v[1][r], 100 * ratio[1][r], v[2][r], 100 * ratio[2][r], v[3][r],
+               100 * ratio[3][r], v[4][r], 100 * ratio[4][r], v[5][r]);
+        fflush(stdout);
+    }
+    /* compute ceilings: L2-resident slices, process CPU time (not disturbed by
+     * other processes' time slices; meaningful with --threads 1) */
+    double hot[4][64];
+    for (int r = 0; r < reps; r++) {
+        ops_bf16_mat_t Ws = W;
+        Ws.rows = 64;
+        ops_mxfp4_mat_t Ms = M;
+        Ms.rows = 192;
+        for (int k = 0; k < 4; k++) {
+            int TT = k < 2 ? 1 : T, iters = k < 2 ? 200 : 4;
+            double c = s_cpu_now();
+            for (int i = 0; i < iters; i++)
+                if (k % 2 == 0)
+                    ops->matmul_bf16(ops, x, TT, &Ws, NULL, y);
+                else
+                    ops->matmul_mxfp4(ops, x, TT, &Ms, NULL, y);
+            c = s_cpu_now() - c;
+            double units =
+                k % 2 == 0 ? (k < 2 ? 2.0 * Ws.rows * n : 2.0 * TT * Ws.rows * n)
+                           : (k < 2 ? (double)Ms.rows * (n / 2 + n / 32) : 2.0 * TT * Ms.rows * n);
+            hot[k][r] = units * iters / c / 1e9;
+        }
+    }
+    printf("L2-resident, per CPU-second (all threads): bf16 T=1 %.1f GB/s, mxfp4 T=1 %.1f GB/s, "
+           "bf16 T=64 %.1f GFLOP/s, mxfp4 T=64 %.1f GFLOP/s\n",
+           s_median(hot[0], reps), s_median(hot[1], reps), s_median(hot[2], reps),
+           s_median(hot[3], reps));
+    printf("medians over %d reps, %d threads, ops %s:\n", reps, ops_cpu_threads(ops), ops->name);
+    for (int k = 0; k < K; k++) {
+        double m = s_median(v[k], reps);
+        if (k == 0 || k == 5)
+            printf("  %-10s %.1f %s\n", names[k], m, k == 0 ? "GB/s" : "GFLOP/s");
+        else
+            printf("  %-10s %.1f %s, %.0f%% of the %s measured beside it\n", names[k], m,
+                   k < 3 ? "GB/s" : "GFLOP/s", 100 * s_median(ratio[k], reps),
+                   k < 3 ? "bandwidth" : "FMA peak");
+    }
+    free(bwbuf);
+    free(wb);
+    free(blk);
+    free(sc);
+    free(x);
+    free(y);
+    cpu_pool_free(&pool);
+    ops_cpu_free(&ops);
+    return 0;
+}
+
 int bench_engine_main(int argc, char **argv) {
     const char *model = NULL;
-    int threads = 0, prompt = 512, steps = 6;
+    int threads = 0, prompt = 512, steps = 6, kernels = 0;
     for (int i = 1; i < argc; i++) {
-        if (i + 1 < argc && strcmp(argv[i], "--model") == 0)
+        if (strcmp(argv[i], "--kernels") == 0)
+            kernels = 1;
+        else if (i + 1 < argc && strcmp(argv[i], "--model") == 0)
             model = argv[++i];
         else if (i + 1 < argc && strcmp(argv[i], "--threads") == 0)
             threads = atoi(argv[++i]);
@@ -248,10 +396,11 @@ int bench_engine_main(int argc, char **argv) {
             steps = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: gptoss-bench engine --model DIR [--threads N] [--prompt N] "
-                            "[--steps N]\n");
+                            "[--steps N] | --kernels [--threads N] [--steps REPS]\n");
             return 2;
         }
     }
+    if (kernels) return s_kernels(threads, steps);
     if (!model || prompt < 1 || steps < 1) {
         fprintf(stderr, "gptoss-bench engine: --model DIR is required\n");
         return 2;
