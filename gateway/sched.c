@@ -668,7 +668,9 @@ static void s_on_event(sched_t *s, shardlink_event_t *ev) {
                      (unsigned long long)ev->seq, ev->rank);
             break;
         }
-        if (ev->kind == SHARDLINK_EV_STEP_ERROR && strstr(ev->message, "comm")) {
+        if (ev->kind == SHARDLINK_EV_STEP_ERROR &&
+            (strstr(ev->message, "comm") || strstr(ev->message, "collective") ||
+             strstr(ev->message, "tensor-parallel group"))) {
             /* a collective failed (a peer died or was aborted): the shard exits; this is a
              * group failure, not a bad step, so the sequences are re-prefilled */
             snprintf(msg, sizeof msg, "shard %d: collective failed in step %llu: %.400s", ev->rank,
@@ -974,7 +976,9 @@ static void s_publish(sched_t *s) {
         snprintf(st->state_message, sizeof st->state_message, "%s", s->state_msg);
     s_copy(st->profile, sizeof st->profile, s->c.profile_name ? s->c.profile_name : "");
     s_copy(st->model_dir, sizeof st->model_dir, s->c.model_dir ? s->c.model_dir : "");
-    const s_conf_t *target = s->switch_new ? s->switch_new : s->switch_phase == 2 ? &s->c : NULL;
+    const s_conf_t *target = s->switch_new          ? s->switch_new
+                             : s->switch_phase == 2 ? &s->c
+                                                    : s->switch_to; /* under mu */
     s_copy(st->switching_to, sizeof st->switching_to, target ? target->profile_name : "");
     st->generation = s->sl ? shardlink_generation(s->sl) : 0;
     st->deaths_recent = s_recent_deaths(s, now);
@@ -1070,6 +1074,7 @@ static void s_switch_apply(sched_t *s) {
         return;
     }
     s->n_deaths = 0;
+    memset(s->deaths_rank, 0, sizeof s->deaths_rank);
     s->selftest_started = false;
     s->restart_at = 0;
     s->degraded_retry_at = 0;
@@ -1407,6 +1412,7 @@ static int s_conf_apply(sched_t *s, s_conf_t *c, gerr_t *err) {
         .max_seqs = o->max_running,
         .max_chunk = o->prefill_chunk,
         .vocab_limit = o->vocab_limit,
+        .comm_by_gateway = true, /* PROTOCOL.md: the gateway creates the shm segment */
     };
     rc = shardlink_new(&so, &s->sl, err);
     if (rc) return rc;
@@ -1713,6 +1719,8 @@ int sched_switch(sched_t *s, const sched_opts_t *opts, gerr_t *err) {
     } else {
         s->switch_to = c;
         s->switching = true;
+        /* seen by the next snapshot, before the scheduler thread takes it over */
+        s_copy(s->stats.switching_to, sizeof s->stats.switching_to, c->profile_name);
     }
     pthread_mutex_unlock(&s->mu);
     if (rc) {
