@@ -91,8 +91,9 @@ int proto_header_decode(const uint8_t *buf, size_t len, proto_header_t *h, gerr_
 /* Appends the STEP body for seqs[0..n) to out (out->len reset to 0 first). */
 int proto_step_encode(const proto_seq_t *seqs, uint32_t n, proto_buf_t *out);
 /* Decodes a STEP body. *seqs is one allocation (caller frees it with one free()) holding the
- * sequence records and copies of their token and block arrays (buf may be freed at once). Refuses truncated bodies,
- * trailing bytes, n_tokens == 0, n_logprobs outside 0..20, and counts that do not fit. */
+ * sequence records and copies of their token and block arrays (buf may be freed at once). Refuses
+ * truncated bodies, trailing bytes, n_tokens == 0, n_logprobs outside 0..20, and counts that do not
+ * fit. */
 int proto_step_decode(const uint8_t *buf, size_t len, proto_seq_t **seqs, uint32_t *n, gerr_t *err);
 
 /* Appends the RESULT body to out (out->len reset to 0 first). */
