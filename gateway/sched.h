@@ -117,7 +117,9 @@ void sched_free(sched_t **s);
 /* Hands req to the scheduler (ownership moves on success; on failure the caller keeps
  * it). Fails with GERR_LIMIT when the queue is full (HTTP 429), GERR_INVALID when the
  * prompt + max_tokens cannot fit the context (400), GERR_IO when not READY or draining
- * (503); err says which. Sets req->id. */
+ * (503); err says which. After a successful submit the caller must not touch req (the
+ * scheduler thread may have finished and freed it already): keep req->id_str and cancel with
+ * sched_cancel_by_name. */
 int sched_submit(sched_t *s, gw_request_t *req, gerr_t *err);
 /* Cancels the request with this id (no-op if unknown or finished). */
 void sched_cancel(sched_t *s, uint64_t id);
