@@ -526,6 +526,16 @@ int main(int argc, char **argv) {
         goto out;
     }
     cx.sched = sched;
+    /* the id /v1/models shows: --model-name, else the model folder's name ("gpt-oss-20b") */
+    char model_id[256] = "";
+    if (!a.model_name && so.model_dir) {
+        snprintf(model_id, sizeof model_id, "%s", so.model_dir);
+        size_t ml = strlen(model_id);
+        while (ml > 1 && model_id[ml - 1] == '/')
+            model_id[--ml] = 0;
+        const char *slash = strrchr(model_id, '/');
+        if (slash) memmove(model_id, slash + 1, strlen(slash + 1) + 1);
+    }
     http_opts_t ho = {
         .bind_addr = a.host         ? a.host
                      : have_profile ? prof.http_host
@@ -534,7 +544,9 @@ int main(int argc, char **argv) {
                 : have_profile ? prof.http_port
                                : 8000,
         .api_key = a.api_key,
-        .model_name = a.model_name,
+        .model_name = a.model_name  ? a.model_name
+                      : model_id[0] ? model_id
+                                    : NULL,
         .default_max_tokens = so.default_max_tokens,
         .default_temperature = (float)so.default_temperature,
         .default_reasoning = so.default_reasoning,
