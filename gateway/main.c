@@ -44,7 +44,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,7 +84,8 @@ static int s_usage(void) {
         "         [--max-context N] [--shardd PATH] [--shutdown-grace S]\n"
         "         [--control ipc://PATH | tcp://127.0.0.1:PORT] [--heartbeat S]\n"
         "         [--crash-loop N] [--crash-window S] [--degraded-retry S]\n"
-        "  --api-key defaults to $GPTOSS_API_KEY; --run-dir to a fresh /tmp/gptoss-<pid>\n"
+        "  --api-key defaults to $GPTOSS_API_KEY; --run-dir to $GPTOSS_RUN_DIR, "
+        "$XDG_RUNTIME_DIR/gptoss or /tmp/gptoss-UID (where gptoss-ctl looks)\n"
         "  flags override the profile's fields; --crash-loop N deaths within --crash-window S\n"
         "  seconds (default 5 in 60) make the service DEGRADED, retried after\n"
         "  --degraded-retry S (default 30; -1: only on restart-shard)\n");
@@ -441,6 +444,19 @@ static int s_wait_signal(const sigset_t *set, int timeout_ms) {
     return sig > 0 ? sig : 0;
 }
 
+/* Whether a live process accepts connections on RUN/control.ipc (a gateway already serving
+ * there: its shard socket must not be taken over). */
+static bool s_run_dir_in_use(const char *run_dir) {
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    int n = snprintf(sa.sun_path, sizeof sa.sun_path, "%s/%s", run_dir, CONTROL_SOCKET_NAME);
+    if (n < 0 || (size_t)n >= sizeof sa.sun_path) return false;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    bool live = connect(fd, (const struct sockaddr *)&sa, sizeof sa) == 0;
+    close(fd);
+    return live;
+}
+
 int main(int argc, char **argv) {
     log_set_role("gateway");
     s_args_t a;
@@ -460,25 +476,31 @@ int main(int argc, char **argv) {
         return 1;
     }
 
+    /* The run dir holds the shard and control sockets. Its default is the one gptoss-ctl
+     * looks in ($GPTOSS_RUN_DIR, $XDG_RUNTIME_DIR/gptoss or /tmp/gptoss-UID), so that
+     * `gptoss-ctl status` finds the gateway; a second gateway on the host needs --run-dir
+     * (the control socket refuses to take over a live one). */
     char run_dir[PATH_MAX];
     bool made_run_dir = false;
-    if (a.run_dir) {
+    if (a.run_dir)
         snprintf(run_dir, sizeof run_dir, "%s", a.run_dir);
-        if (mkdir(run_dir, 0700) == 0)
-            made_run_dir = true;
-        else if (errno != EEXIST) {
-            fprintf(stderr, "gptoss-gateway: cannot create run dir %s: %s\n", run_dir,
-                    strerror(errno));
-            return 1;
-        }
-    } else {
-        snprintf(run_dir, sizeof run_dir, "/tmp/gptoss-%d", (int)getpid());
-        if (mkdir(run_dir, 0700) != 0) {
-            fprintf(stderr, "gptoss-gateway: cannot create run dir %s: %s (use --run-dir)\n",
-                    run_dir, strerror(errno));
-            return 1;
-        }
+    else if (control_default_run_dir(run_dir, sizeof run_dir) != 0) {
+        fprintf(stderr, "gptoss-gateway: the default run dir path is too long (use --run-dir)\n");
+        return 1;
+    }
+    if (mkdir(run_dir, 0700) == 0)
         made_run_dir = true;
+    else if (errno != EEXIST) {
+        fprintf(stderr, "gptoss-gateway: cannot create run dir %s: %s (use --run-dir)\n", run_dir,
+                strerror(errno));
+        return 1;
+    }
+    if (s_run_dir_in_use(run_dir)) {
+        fprintf(stderr,
+                "gptoss-gateway: another gateway is serving in %s (its control socket answers); "
+                "stop it or give this one its own --run-dir\n",
+                run_dir);
+        return 1;
     }
 
     int status = 1;
