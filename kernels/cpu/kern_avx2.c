@@ -286,6 +286,38 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
             }
         }
     }
+    /* four tokens: two accumulators per token (even / odd quarter of each block) */
+    for (; t + 4 <= T; t += 4) {
+        const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
+            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+            for (int g = 0; g < nb; g++) {
+                __m256 w[4];
+                s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, &k, w);
+                __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
+                const int c = g * MXFP4_BLOCK;
+                for (int q = 0; q < 4; q += 2) {
+                    __m256 wq = _mm256_mul_ps(w[q], s), wr = _mm256_mul_ps(w[q + 1], s);
+                    a0 = _mm256_fmadd_ps(wq, _mm256_loadu_ps(x0 + c + 8 * q), a0);
+                    a1 = _mm256_fmadd_ps(wq, _mm256_loadu_ps(x1 + c + 8 * q), a1);
+                    a2 = _mm256_fmadd_ps(wq, _mm256_loadu_ps(x2 + c + 8 * q), a2);
+                    a3 = _mm256_fmadd_ps(wq, _mm256_loadu_ps(x3 + c + 8 * q), a3);
+                    b0 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(x0 + c + 8 * q + 8), b0);
+                    b1 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(x1 + c + 8 * q + 8), b1);
+                    b2 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(x2 + c + 8 * q + 8), b2);
+                    b3 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(x3 + c + 8 * q + 8), b3);
+                }
+            }
+            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+            y[(size_t)t * ldy + r] = s_hsum(_mm256_add_ps(a0, b0)) + b;
+            y[(size_t)(t + 1) * ldy + r] = s_hsum(_mm256_add_ps(a1, b1)) + b;
+            y[(size_t)(t + 2) * ldy + r] = s_hsum(_mm256_add_ps(a2, b2)) + b;
+            y[(size_t)(t + 3) * ldy + r] = s_hsum(_mm256_add_ps(a3, b3)) + b;
+        }
+    }
     for (; t < T; t++) {
         const float *xt = x + (size_t)t * n;
         for (int r = r0; r < r1; r++) {
