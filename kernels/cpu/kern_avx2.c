@@ -222,6 +222,30 @@ static inline float s_mx_row1(const uint8_t *blk, const uint8_t *sc, int nb, con
     return s_hsum(_mm256_add_ps(a0, a1));
 }
 
+/* One row for two tokens (x0, x1): as s_mx_row1, each decoded block feeds both. */
+static inline void s_mx_row2(const uint8_t *blk, const uint8_t *sc, int nb, const float *x0,
+                             const float *x1, const s_mx_consts_t *k, float out[2]) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (int g = 0; g < nb; g++) {
+        __m256 w[4];
+        s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, k, w);
+        const float *p0 = x0 + g * MXFP4_BLOCK, *p1 = x1 + g * MXFP4_BLOCK;
+        __m256 p = _mm256_mul_ps(w[0], _mm256_loadu_ps(p0));
+        __m256 q = _mm256_mul_ps(w[0], _mm256_loadu_ps(p1));
+        p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(p0 + 8), p);
+        q = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(p1 + 8), q);
+        p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(p0 + 16), p);
+        q = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(p1 + 16), q);
+        p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(p0 + 24), p);
+        q = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(p1 + 24), q);
+        __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
+        a0 = _mm256_fmadd_ps(p, s, a0);
+        a1 = _mm256_fmadd_ps(q, s, a1);
+    }
+    out[0] = s_hsum(a0);
+    out[1] = s_hsum(a1);
+}
+
 static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
                          int r0, int r1, float *y) {
     const int n = W->cols, nb = n / MXFP4_BLOCK;
@@ -316,6 +340,17 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
             y[(size_t)(t + 1) * ldy + r] = s_hsum(_mm256_add_ps(a1, b1)) + b;
             y[(size_t)(t + 2) * ldy + r] = s_hsum(_mm256_add_ps(a2, b2)) + b;
             y[(size_t)(t + 3) * ldy + r] = s_hsum(_mm256_add_ps(a3, b3)) + b;
+        }
+    }
+    for (; t + 2 <= T; t += 2) {
+        const float *x0 = x + (size_t)t * n;
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
+            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
+            float o2[2], b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+            s_mx_row2(blk, sc, nb, x0, x0 + n, &k, o2);
+            y[(size_t)t * ldy + r] = o2[0] + b;
+            y[(size_t)(t + 1) * ldy + r] = o2[1] + b;
         }
     }
     for (; t < T; t++) {
