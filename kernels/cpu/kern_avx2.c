@@ -7,6 +7,7 @@
  * share each decoded weight vector (token tiles of 4), so prefill reads each weight
  * once per tile. */
 #include <immintrin.h>
+#include <math.h>
 
 #include "bf16.h"
 #include "cpu_kern.h"
@@ -30,32 +31,44 @@ static inline __m256 s_load_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
+/* Summation order of every bf16 path (so that a token's result depends neither on T, nor on
+ * the tile or the thread's row range it falls in, nor on its neighbours in the step; DESIGN.md:
+ * seeded streams are batch-invariant): per (row, token) one 8-lane accumulator takes the columns
+ * 8 at a time in ascending order, then s_hsum, then the n % 8 tail columns one by one (fmaf),
+ * then the bias. Tiles only change which (row, token) pairs run side by side. */
+static inline float s_bf_finish(__m256 acc, const uint16_t *w, const float *x, int n8, int n,
+                                const uint16_t *bias, int r) {
+    float s = s_hsum(acc);
+    for (int c = n8; c < n; c++)
+        s = fmaf(bf16_to_f32(w[c]), x[c], s);
+    return s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
+}
+
 static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias,
                         int r0, int r1, float *y) {
-    const int n = W->cols, n8 = n & ~7, n32 = n & ~31;
+    const int n = W->cols, n8 = n & ~7;
     const size_t ldy = (size_t)W->rows;
     int t = 0;
     for (; t + 4 <= T; t += 4) {
         const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+        const float *xs[4] = {x0, x1, x2, x3};
         int r = r0;
         /* two rows x four tokens: 8 accumulators, each x load feeds two FMAs; the
          * reduction runs in chunks of S_BF_KC columns so that the x chunk stays in
          * L1 for S_BF_RB row pairs (accumulators wait in acc; same summation order) */
-        for (; r + 2 <= r1 && n8 == n;) {
+        for (; r + 2 <= r1;) {
             const int np = (r1 - r) / 2 < S_BF_RB ? (r1 - r) / 2 : S_BF_RB;
             __m256 acc[S_BF_RB][8];
-            for (int c0 = 0; c0 < n; c0 += S_BF_KC) {
-                const int c1 = c0 + S_BF_KC < n ? c0 + S_BF_KC : n;
+            for (int p = 0; p < np; p++)
+                for (int i = 0; i < 8; i++)
+                    acc[p][i] = _mm256_setzero_ps();
+            for (int c0 = 0; c0 < n8; c0 += S_BF_KC) {
+                const int c1 = c0 + S_BF_KC < n8 ? c0 + S_BF_KC : n8;
                 for (int p = 0; p < np; p++) {
                     const uint16_t *w = W->w + (size_t)(r + 2 * p) * W->stride, *u = w + W->stride;
                     __m256 *ar = acc[p];
-                    __m256 a0, a1, a2, a3, b0, b1, b2, b3;
-                    if (c0 == 0) {
-                        a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = _mm256_setzero_ps();
-                    } else {
-                        a0 = ar[0], a1 = ar[1], a2 = ar[2], a3 = ar[3];
-                        b0 = ar[4], b1 = ar[5], b2 = ar[6], b3 = ar[7];
-                    }
+                    __m256 a0 = ar[0], a1 = ar[1], a2 = ar[2], a3 = ar[3];
+                    __m256 b0 = ar[4], b1 = ar[5], b2 = ar[6], b3 = ar[7];
                     for (int c = c0; c < c1; c += 8) {
                         __m256 wv = s_load_bf16(w + c), uv = s_load_bf16(u + c), xv;
                         xv = _mm256_loadu_ps(x0 + c);
@@ -76,71 +89,58 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
                 }
             }
             for (int p = 0; p < np; p++, r += 2) {
-                float bw = bias ? bf16_to_f32(bias[r]) : 0.0f,
-                      bu = bias ? bf16_to_f32(bias[r + 1]) : 0.0f;
+                const uint16_t *w = W->w + (size_t)r * W->stride, *u = w + W->stride;
                 for (int i = 0; i < 4; i++) {
-                    y[(size_t)(t + i) * ldy + r] = s_hsum(acc[p][i]) + bw;
-                    y[(size_t)(t + i) * ldy + r + 1] = s_hsum(acc[p][4 + i]) + bu;
+                    y[(size_t)(t + i) * ldy + r] = s_bf_finish(acc[p][i], w, xs[i], n8, n, bias, r);
+                    y[(size_t)(t + i) * ldy + r + 1] =
+                        s_bf_finish(acc[p][4 + i], u, xs[i], n8, n, bias, r + 1);
                 }
             }
         }
-        for (; r < r1; r++) {
+        for (; r < r1; r++) { /* an odd last row: one row x four tokens */
             const uint16_t *w = W->w + (size_t)r * W->stride;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            int c = 0;
-            for (; c + 16 <= n8; c += 16) {
-                __m256 wv = s_load_bf16(w + c), wu = s_load_bf16(w + c + 8);
-                a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
-                a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + c), a1);
-                a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + c), a2);
-                a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + c), a3);
-                b0 = _mm256_fmadd_ps(wu, _mm256_loadu_ps(x0 + c + 8), b0);
-                b1 = _mm256_fmadd_ps(wu, _mm256_loadu_ps(x1 + c + 8), b1);
-                b2 = _mm256_fmadd_ps(wu, _mm256_loadu_ps(x2 + c + 8), b2);
-                b3 = _mm256_fmadd_ps(wu, _mm256_loadu_ps(x3 + c + 8), b3);
-            }
-            for (; c < n8; c += 8) {
+            for (int c = 0; c < n8; c += 8) {
                 __m256 wv = s_load_bf16(w + c);
                 a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
                 a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + c), a1);
                 a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + c), a2);
                 a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + c), a3);
             }
-            float s0 = s_hsum(_mm256_add_ps(a0, b0)), s1 = s_hsum(_mm256_add_ps(a1, b1));
-            float s2 = s_hsum(_mm256_add_ps(a2, b2)), s3 = s_hsum(_mm256_add_ps(a3, b3));
-            for (; c < n; c++) {
-                float wf = bf16_to_f32(w[c]);
-                s0 += wf * x0[c];
-                s1 += wf * x1[c];
-                s2 += wf * x2[c];
-                s3 += wf * x3[c];
-            }
-            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            y[(size_t)t * ldy + r] = s0 + b;
-            y[(size_t)(t + 1) * ldy + r] = s1 + b;
-            y[(size_t)(t + 2) * ldy + r] = s2 + b;
-            y[(size_t)(t + 3) * ldy + r] = s3 + b;
+            y[(size_t)t * ldy + r] = s_bf_finish(a0, w, x0, n8, n, bias, r);
+            y[(size_t)(t + 1) * ldy + r] = s_bf_finish(a1, w, x1, n8, n, bias, r);
+            y[(size_t)(t + 2) * ldy + r] = s_bf_finish(a2, w, x2, n8, n, bias, r);
+            y[(size_t)(t + 3) * ldy + r] = s_bf_finish(a3, w, x3, n8, n, bias, r);
         }
     }
+    /* the last T % 4 tokens (T = 1: decode): four rows at a time, one accumulator each, so
+     * the four independent FMA chains hide the latency that one chain per row would expose */
     for (; t < T; t++) {
         const float *xt = x + (size_t)t * n;
-        for (int r = r0; r < r1; r++) {
-            const uint16_t *w = W->w + (size_t)r * W->stride;
+        float *yt = y + (size_t)t * ldy;
+        int r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            const uint16_t *w0 = W->w + (size_t)r * W->stride, *w1 = w0 + W->stride;
+            const uint16_t *w2 = w1 + W->stride, *w3 = w2 + W->stride;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int c = 0;
-            for (; c < n32; c += 32) {
-                a0 = _mm256_fmadd_ps(s_load_bf16(w + c), _mm256_loadu_ps(xt + c), a0);
-                a1 = _mm256_fmadd_ps(s_load_bf16(w + c + 8), _mm256_loadu_ps(xt + c + 8), a1);
-                a2 = _mm256_fmadd_ps(s_load_bf16(w + c + 16), _mm256_loadu_ps(xt + c + 16), a2);
-                a3 = _mm256_fmadd_ps(s_load_bf16(w + c + 24), _mm256_loadu_ps(xt + c + 24), a3);
+            for (int c = 0; c < n8; c += 8) {
+                __m256 xv = _mm256_loadu_ps(xt + c);
+                a0 = _mm256_fmadd_ps(s_load_bf16(w0 + c), xv, a0);
+                a1 = _mm256_fmadd_ps(s_load_bf16(w1 + c), xv, a1);
+                a2 = _mm256_fmadd_ps(s_load_bf16(w2 + c), xv, a2);
+                a3 = _mm256_fmadd_ps(s_load_bf16(w3 + c), xv, a3);
             }
-            for (; c < n8; c += 8)
+            yt[r] = s_bf_finish(a0, w0, xt, n8, n, bias, r);
+            yt[r + 1] = s_bf_finish(a1, w1, xt, n8, n, bias, r + 1);
+            yt[r + 2] = s_bf_finish(a2, w2, xt, n8, n, bias, r + 2);
+            yt[r + 3] = s_bf_finish(a3, w3, xt, n8, n, bias, r + 3);
+        }
+        for (; r < r1; r++) {
+            const uint16_t *w = W->w + (size_t)r * W->stride;
+            __m256 a0 = _mm256_setzero_ps();
+            for (int c = 0; c < n8; c += 8)
                 a0 = _mm256_fmadd_ps(s_load_bf16(w + c), _mm256_loadu_ps(xt + c), a0);
-            float s = s_hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-            for (; c < n; c++)
-                s += bf16_to_f32(w[c]) * xt[c];
-            y[(size_t)t * ldy + r] = s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
+            yt[r] = s_bf_finish(a0, w, xt, n8, n, bias, r);
         }
     }
 }
@@ -187,10 +187,23 @@ static inline void s_mx_decode(const uint8_t *blk, const s_mx_consts_t *k, __m25
         _mm256_shuffle_epi8(k->lut, _mm256_and_si256(_mm256_srli_epi32(s1, 4), k->mask)));
 }
 
-/* One row at T = 1: the block's four products summed unscaled, then scaled once. */
+/* Summation order of every MXFP4 path (batch invariance, as for bf16): per (row, token) and
+ * block g, the block's unscaled partial p = w0 x0, then p += w1 x1, w2 x2, w3 x3 (FMA, x in
+ * split order), then acc = fma(p, 2^(s_g - 152), acc) over the blocks in order with one 8-lane
+ * accumulator; the result is s_hsum(acc) + bias. The scale on the partial costs one FMA per
+ * token and block, which the tiles pay instead of scaling the decoded weights. */
+static inline __m256 s_mx_part(const __m256 w[4], const float *xg) {
+    __m256 p = _mm256_mul_ps(w[0], _mm256_loadu_ps(xg));
+    p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xg + 8), p);
+    p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xg + 16), p);
+    return _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xg + 24), p);
+}
+
+/* One row at T = 1. Two blocks per iteration: their partials are independent, only the
+ * accumulator chain (in block order) is serial. */
 static inline float s_mx_row1(const uint8_t *blk, const uint8_t *sc, int nb, const float *xt,
                               const s_mx_consts_t *k) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    __m256 acc = _mm256_setzero_ps();
     int g = 0;
     for (; g + 2 <= nb; g += 2) {
         __m256 w[4], u[4];
@@ -198,28 +211,17 @@ static inline float s_mx_row1(const uint8_t *blk, const uint8_t *sc, int nb, con
         s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, k, w);
         s_mx_decode(blk + (g + 1) * MXFP4_BLOCK_BYTES, k, u);
         const float *xg = xt + g * MXFP4_BLOCK;
-        __m256 p = _mm256_mul_ps(w[0], _mm256_loadu_ps(xg));
-        __m256 q = _mm256_mul_ps(u[0], _mm256_loadu_ps(xg + 32));
-        p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xg + 8), p);
-        q = _mm256_fmadd_ps(u[1], _mm256_loadu_ps(xg + 40), q);
-        p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xg + 16), p);
-        q = _mm256_fmadd_ps(u[2], _mm256_loadu_ps(xg + 48), q);
-        p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xg + 24), p);
-        q = _mm256_fmadd_ps(u[3], _mm256_loadu_ps(xg + 56), q);
-        a0 = _mm256_fmadd_ps(p, _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]), a0);
-        a1 = _mm256_fmadd_ps(q, _mm256_set1_ps(cpu_mxfp4_scale24[sc[g + 1]]), a1);
+        __m256 p = s_mx_part(w, xg), q = s_mx_part(u, xg + MXFP4_BLOCK);
+        acc = _mm256_fmadd_ps(p, _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]), acc);
+        acc = _mm256_fmadd_ps(q, _mm256_set1_ps(cpu_mxfp4_scale24[sc[g + 1]]), acc);
     }
     for (; g < nb; g++) {
         __m256 w[4];
         s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, k, w);
-        const float *xg = xt + g * MXFP4_BLOCK;
-        __m256 p = _mm256_mul_ps(w[0], _mm256_loadu_ps(xg));
-        p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xg + 8), p);
-        p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(xg + 16), p);
-        p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(xg + 24), p);
-        a0 = _mm256_fmadd_ps(p, _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]), a0);
+        acc = _mm256_fmadd_ps(s_mx_part(w, xt + g * MXFP4_BLOCK),
+                              _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]), acc);
     }
-    return s_hsum(_mm256_add_ps(a0, a1));
+    return s_hsum(acc);
 }
 
 /* One row for two tokens (x0, x1): as s_mx_row1, each decoded block feeds both. */
@@ -229,18 +231,9 @@ static inline void s_mx_row2(const uint8_t *blk, const uint8_t *sc, int nb, cons
     for (int g = 0; g < nb; g++) {
         __m256 w[4];
         s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, k, w);
-        const float *p0 = x0 + g * MXFP4_BLOCK, *p1 = x1 + g * MXFP4_BLOCK;
-        __m256 p = _mm256_mul_ps(w[0], _mm256_loadu_ps(p0));
-        __m256 q = _mm256_mul_ps(w[0], _mm256_loadu_ps(p1));
-        p = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(p0 + 8), p);
-        q = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(p1 + 8), q);
-        p = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(p0 + 16), p);
-        q = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(p1 + 16), q);
-        p = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(p0 + 24), p);
-        q = _mm256_fmadd_ps(w[3], _mm256_loadu_ps(p1 + 24), q);
         __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
-        a0 = _mm256_fmadd_ps(p, s, a0);
-        a1 = _mm256_fmadd_ps(q, s, a1);
+        a0 = _mm256_fmadd_ps(s_mx_part(w, x0 + g * MXFP4_BLOCK), s, a0);
+        a1 = _mm256_fmadd_ps(s_mx_part(w, x1 + g * MXFP4_BLOCK), s, a1);
     }
     out[0] = s_hsum(a0);
     out[1] = s_hsum(a1);
@@ -252,7 +245,7 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
     const size_t ldy = (size_t)W->rows;
     const s_mx_consts_t k = s_mx_consts();
     int t = 0;
-    /* eight tokens share each decoded block (decode cost spread over 32 FMAs). The
+    /* eight tokens share each decoded block (decode cost spread over 40 FMAs). The
      * reduction runs in chunks of S_MX_KB blocks so that the 8 tokens' x chunk
      * (8 KB) stays in L1 while S_MX_RB rows use it; the accumulators of those rows
      * wait in acc between chunks (same summation order as without chunks). */
@@ -278,26 +271,16 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
                     for (int g = g0; g < g1; g++) {
                         __m256 w[4];
                         s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, &k, w);
-                        __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
-                        w[0] = _mm256_mul_ps(w[0], s);
-                        w[1] = _mm256_mul_ps(w[1], s);
-                        w[2] = _mm256_mul_ps(w[2], s);
-                        w[3] = _mm256_mul_ps(w[3], s);
+                        const __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
                         const float *xg = x0 + g * MXFP4_BLOCK;
-#define S_FMA8(q)                                                                                  \
-    c0 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 8 * (q)), c0);                                 \
-    c1 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + n1 + 8 * (q)), c1);                            \
-    c2 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 2 * n1 + 8 * (q)), c2);                        \
-    c3 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 3 * n1 + 8 * (q)), c3);                        \
-    c4 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 4 * n1 + 8 * (q)), c4);                        \
-    c5 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 5 * n1 + 8 * (q)), c5);                        \
-    c6 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 6 * n1 + 8 * (q)), c6);                        \
-    c7 = _mm256_fmadd_ps(w[q], _mm256_loadu_ps(xg + 7 * n1 + 8 * (q)), c7);
-                        S_FMA8(0)
-                        S_FMA8(1)
-                        S_FMA8(2)
-                        S_FMA8(3)
-#undef S_FMA8
+                        c0 = _mm256_fmadd_ps(s_mx_part(w, xg), s, c0);
+                        c1 = _mm256_fmadd_ps(s_mx_part(w, xg + n1), s, c1);
+                        c2 = _mm256_fmadd_ps(s_mx_part(w, xg + 2 * n1), s, c2);
+                        c3 = _mm256_fmadd_ps(s_mx_part(w, xg + 3 * n1), s, c3);
+                        c4 = _mm256_fmadd_ps(s_mx_part(w, xg + 4 * n1), s, c4);
+                        c5 = _mm256_fmadd_ps(s_mx_part(w, xg + 5 * n1), s, c5);
+                        c6 = _mm256_fmadd_ps(s_mx_part(w, xg + 6 * n1), s, c6);
+                        c7 = _mm256_fmadd_ps(s_mx_part(w, xg + 7 * n1), s, c7);
                     }
                     ar[0] = c0, ar[1] = c1, ar[2] = c2, ar[3] = c3;
                     ar[4] = c4, ar[5] = c5, ar[6] = c6, ar[7] = c7;
@@ -310,36 +293,28 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
             }
         }
     }
-    /* four tokens: two accumulators per token (even / odd quarter of each block) */
+    /* four tokens: one accumulator per token, each decoded block feeds all four */
     for (; t + 4 <= T; t += 4) {
         const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
         for (int r = r0; r < r1; r++) {
             const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
             const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
             for (int g = 0; g < nb; g++) {
                 __m256 w[4];
                 s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, &k, w);
-                __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
+                const __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
                 const int c = g * MXFP4_BLOCK;
-                for (int q = 0; q < 4; q += 2) {
-                    __m256 wq = _mm256_mul_ps(w[q], s), wr = _mm256_mul_ps(w[q + 1], s);
-                    a0 = _mm256_fmadd_ps(wq, _mm256_loadu_ps(x0 + c + 8 * q), a0);
-                    a1 = _mm256_fmadd_ps(wq, _mm256_loadu_ps(x1 + c + 8 * q), a1);
-                    a2 = _mm256_fmadd_ps(wq, _mm256_loadu_ps(x2 + c + 8 * q), a2);
-                    a3 = _mm256_fmadd_ps(wq, _mm256_loadu_ps(x3 + c + 8 * q), a3);
-                    b0 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(x0 + c + 8 * q + 8), b0);
-                    b1 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(x1 + c + 8 * q + 8), b1);
-                    b2 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(x2 + c + 8 * q + 8), b2);
-                    b3 = _mm256_fmadd_ps(wr, _mm256_loadu_ps(x3 + c + 8 * q + 8), b3);
-                }
+                a0 = _mm256_fmadd_ps(s_mx_part(w, x0 + c), s, a0);
+                a1 = _mm256_fmadd_ps(s_mx_part(w, x1 + c), s, a1);
+                a2 = _mm256_fmadd_ps(s_mx_part(w, x2 + c), s, a2);
+                a3 = _mm256_fmadd_ps(s_mx_part(w, x3 + c), s, a3);
             }
             float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            y[(size_t)t * ldy + r] = s_hsum(_mm256_add_ps(a0, b0)) + b;
-            y[(size_t)(t + 1) * ldy + r] = s_hsum(_mm256_add_ps(a1, b1)) + b;
-            y[(size_t)(t + 2) * ldy + r] = s_hsum(_mm256_add_ps(a2, b2)) + b;
-            y[(size_t)(t + 3) * ldy + r] = s_hsum(_mm256_add_ps(a3, b3)) + b;
+            y[(size_t)t * ldy + r] = s_hsum(a0) + b;
+            y[(size_t)(t + 1) * ldy + r] = s_hsum(a1) + b;
+            y[(size_t)(t + 2) * ldy + r] = s_hsum(a2) + b;
+            y[(size_t)(t + 3) * ldy + r] = s_hsum(a3) + b;
         }
     }
     for (; t + 2 <= T; t += 2) {

@@ -4,6 +4,7 @@
  * in registers (pshufb over the doubled E2M1 integers, int -> float, times the
  * exact power-of-two scale), token tiles of 4 sharing each decoded weight. */
 #include <immintrin.h>
+#include <math.h>
 
 #include "bf16.h"
 #include "cpu_kern.h"
@@ -12,6 +13,18 @@
 static inline __m512 s_load_bf16(const uint16_t *p) {
     __m256i h = _mm256_loadu_si256((const __m256i *)p);
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* Summation order of every bf16 path (batch invariance: a token's result must not depend on T,
+ * on its tile or on its neighbours in the step): per (row, token) one 16-lane accumulator takes
+ * the columns 16 at a time in ascending order, then _mm512_reduce_add_ps, then the n % 16 tail
+ * columns one by one (fmaf), then the bias. */
+static inline float s_bf_finish(__m512 acc, const uint16_t *w, const float *x, int n16, int n,
+                                const uint16_t *bias, int r) {
+    float s = _mm512_reduce_add_ps(acc);
+    for (int c = n16; c < n; c++)
+        s = fmaf(bf16_to_f32(w[c]), x[c], s);
+    return s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
 }
 
 static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias,
@@ -24,46 +37,46 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
         for (int r = r0; r < r1; r++) {
             const uint16_t *w = W->w + (size_t)r * W->stride;
             __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            int c = 0;
-            for (; c < n16; c += 16) {
+            for (int c = 0; c < n16; c += 16) {
                 __m512 wv = s_load_bf16(w + c);
                 a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x0 + c), a0);
                 a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x1 + c), a1);
                 a2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x2 + c), a2);
                 a3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x3 + c), a3);
             }
-            float s0 = _mm512_reduce_add_ps(a0), s1 = _mm512_reduce_add_ps(a1);
-            float s2 = _mm512_reduce_add_ps(a2), s3 = _mm512_reduce_add_ps(a3);
-            for (; c < n; c++) {
-                float wf = bf16_to_f32(w[c]);
-                s0 += wf * x0[c];
-                s1 += wf * x1[c];
-                s2 += wf * x2[c];
-                s3 += wf * x3[c];
-            }
-            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            y[(size_t)t * ldy + r] = s0 + b;
-            y[(size_t)(t + 1) * ldy + r] = s1 + b;
-            y[(size_t)(t + 2) * ldy + r] = s2 + b;
-            y[(size_t)(t + 3) * ldy + r] = s3 + b;
+            y[(size_t)t * ldy + r] = s_bf_finish(a0, w, x0, n16, n, bias, r);
+            y[(size_t)(t + 1) * ldy + r] = s_bf_finish(a1, w, x1, n16, n, bias, r);
+            y[(size_t)(t + 2) * ldy + r] = s_bf_finish(a2, w, x2, n16, n, bias, r);
+            y[(size_t)(t + 3) * ldy + r] = s_bf_finish(a3, w, x3, n16, n, bias, r);
         }
     }
+    /* the last T % 4 tokens (T = 1: decode): four rows at a time, one accumulator each */
     for (; t < T; t++) {
         const float *xt = x + (size_t)t * n;
-        for (int r = r0; r < r1; r++) {
-            const uint16_t *w = W->w + (size_t)r * W->stride;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-            int c = 0;
-            for (; c + 32 <= n16; c += 32) {
-                a0 = _mm512_fmadd_ps(s_load_bf16(w + c), _mm512_loadu_ps(xt + c), a0);
-                a1 = _mm512_fmadd_ps(s_load_bf16(w + c + 16), _mm512_loadu_ps(xt + c + 16), a1);
+        float *yt = y + (size_t)t * ldy;
+        int r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            const uint16_t *w0 = W->w + (size_t)r * W->stride, *w1 = w0 + W->stride;
+            const uint16_t *w2 = w1 + W->stride, *w3 = w2 + W->stride;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (int c = 0; c < n16; c += 16) {
+                __m512 xv = _mm512_loadu_ps(xt + c);
+                a0 = _mm512_fmadd_ps(s_load_bf16(w0 + c), xv, a0);
+                a1 = _mm512_fmadd_ps(s_load_bf16(w1 + c), xv, a1);
+                a2 = _mm512_fmadd_ps(s_load_bf16(w2 + c), xv, a2);
+                a3 = _mm512_fmadd_ps(s_load_bf16(w3 + c), xv, a3);
             }
-            for (; c < n16; c += 16)
+            yt[r] = s_bf_finish(a0, w0, xt, n16, n, bias, r);
+            yt[r + 1] = s_bf_finish(a1, w1, xt, n16, n, bias, r + 1);
+            yt[r + 2] = s_bf_finish(a2, w2, xt, n16, n, bias, r + 2);
+            yt[r + 3] = s_bf_finish(a3, w3, xt, n16, n, bias, r + 3);
+        }
+        for (; r < r1; r++) {
+            const uint16_t *w = W->w + (size_t)r * W->stride;
+            __m512 a0 = _mm512_setzero_ps();
+            for (int c = 0; c < n16; c += 16)
                 a0 = _mm512_fmadd_ps(s_load_bf16(w + c), _mm512_loadu_ps(xt + c), a0);
-            float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-            for (; c < n; c++)
-                s += bf16_to_f32(w[c]) * xt[c];
-            y[(size_t)t * ldy + r] = s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
+            yt[r] = s_bf_finish(a0, w, xt, n16, n, bias, r);
         }
     }
 }
@@ -80,6 +93,9 @@ static inline void s_decode_block(const uint8_t *blk, float scale, __m128i lut, 
     w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi8(vlo, vhi))), s);
 }
 
+/* Both MXFP4 paths sum in the same order (batch invariance): per (row, token) the first and
+ * second 16 values of each block (weights scaled first) go to two accumulators in block order,
+ * added and reduced at the end. */
 static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
                          int r0, int r1, float *y) {
     const int n = W->cols, nb = n / MXFP4_BLOCK;
