@@ -2,10 +2,11 @@
  * -mfma; chosen at run time only where the CPU has both).
  *
  * bf16 weights are widened with a 16-bit shift (exact). MXFP4 blocks are decoded
- * in registers: nibbles -> pshufb over the doubled E2M1 integers {0,1,2,3,4,6,8,12}
- * (signed) -> int32 -> float, times 2^(s-128) (exact), then FMA. Several tokens
- * share each decoded weight vector (token tiles of 4), so prefill reads each weight
- * once per tile. */
+ * in registers (x in split order, see s_mx_decode): nibbles -> pshufb over the
+ * doubled E2M1 integers {0,1,2,3,4,6,8,12} (signed) -> int32 -> float, block
+ * partial sums times the exact 2^(s-152). Several tokens share each decoded weight
+ * vector (bf16: 2 rows x 4 tokens; MXFP4: 8, 4 or 2 tokens), so prefill reads each
+ * weight once per tile. */
 #include <immintrin.h>
 #include <math.h>
 
@@ -154,10 +155,6 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
  * (signed int8, so the 32-bit lane is that integer times 2^24, sign included),
  * and cvtdq2ps makes it a float. The 2^24 and the 0.5 of the doubling fold into
  * the block's scale 2^(s - 152) (cpu_mxfp4_scale24), an exact power of two. */
-#define S_MX_KB 8   /* blocks per reduction chunk of the 8-token tile (8 tokens x 1 KB of x) */
-#define S_MX_RB 16  /* rows sharing one x chunk */
-#define S_BF_KC 512 /* columns per reduction chunk of the bf16 4-token tile (8 KB of x) */
-#define S_BF_RB 8   /* row pairs sharing one x chunk */
 
 typedef struct {
     __m256i lut, spread0, spread1, mask;
