@@ -228,11 +228,25 @@ static void s_profiles_dir(const char *given, char *buf, size_t n) {
     snprintf(buf, n, "%s", PROFILE_DEFAULT_DIR);
 }
 
+/* The shards of this build run the CPU backend only: the CUDA kernels (kernels/cuda) are not
+ * wired into gptoss-shardd yet. A cuda profile is refused with that reason rather than
+ * silently served on CPU shards. */
+static int s_backend_supported(const profile_t *p, gerr_t *err) {
+    if (p->backend == PROFILE_BACKEND_CPU) return 0;
+    gerr_set(err,
+             "profile %s: backend \"%s\" is not available: gptoss-shardd runs the CPU backend "
+             "only in this build (the CUDA kernels are not wired into the shard yet); use a cpu "
+             "profile such as cpu-20b",
+             p->name, profile_backend_name(p->backend));
+    return GERR_INVALID;
+}
+
 /* Loads profile `name` and checks it against its model's config.json; 0 or an error in err
  * (p is the caller's to profile_free in both cases). */
 static int s_profile_load_checked(const char *name, const char *dir, profile_t *p, gerr_t *err) {
     int rc = profile_load(name, dir, p, err);
     if (rc) return rc;
+    if ((rc = s_backend_supported(p, err))) return rc;
     gptoss_config_t cfg;
     rc = config_load(p->model, &cfg, err);
     if (rc) {
@@ -519,6 +533,10 @@ int main(int argc, char **argv) {
             goto out;
         }
         have_profile = true;
+        if (s_backend_supported(&prof, &err) != 0) {
+            fprintf(stderr, "gptoss-gateway: %s\n", err.msg);
+            goto out;
+        }
         char abs[PATH_MAX];
         snprintf(cx.active, sizeof cx.active, "%s", realpath(prof.path, abs) ? abs : prof.path);
         /* the flags that change what profile_check_model looks at */
