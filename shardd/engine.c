@@ -12,7 +12,13 @@
  * before the residual add (the biases are on rank 0's views only); a shard with no
  * expert units contributes zeros. The lm_head rows of every shard are gathered to
  * rank 0 rank-major ([rank][row][its vocab rows]) and rearranged there into
- * [row][vocab]. World 1 takes none of these branches. */
+ * [row][vocab]. World 1 takes none of these branches.
+ *
+ * Batch invariance: a token's logits must not depend on the step it is in (DESIGN.md:
+ * seeded streams survive re-batching, preemption and shard restarts bit for bit). The ops
+ * guarantee it per token (kernels/cpu/cpu_kern.h); here, each token's MoE sum is
+ * accumulated in ascending expert index (the loop over experts), whatever other tokens
+ * the experts serve, and the all-reduce sums the ranks in rank order. */
 #include "engine.h"
 
 #include <math.h>

@@ -3,7 +3,16 @@
  * Each instruction set (portable C, AVX2+FMA, AVX-512) provides one cpu_kern_t;
  * ops_cpu.c picks one at run time and wraps it with threading. These functions
  * work on a range of output rows and never allocate. Not a public interface:
- * the engine uses ops.h only. */
+ * the engine uses ops.h only.
+ *
+ * Batch invariance (a contract, checked bit for bit by tests/unit/test_determinism.c):
+ * the value of y[t][r] may depend only on W's row r, x[t] and the bias, never on T, on
+ * t, on r0/r1 (the thread's row range) or on the other tokens. So every path of a
+ * kernel (T = 1 GEMV, token tiles, row and token remainders) must sum row r for token
+ * t in one and the same order: same lanes, same chunking of the columns, same
+ * horizontal reduction, same tail and bias. Tiles may only change which (row, token)
+ * pairs run side by side. Seeded streams rely on it: a sequence recomputed after a
+ * preemption or a shard restart, or batched differently, must produce the same tokens. */
 #ifndef GPTOSS_CPU_KERN_H
 #define GPTOSS_CPU_KERN_H
 

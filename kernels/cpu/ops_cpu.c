@@ -4,7 +4,10 @@
  * matmuls, (token, head) pairs for attention) and calls the per-ISA inner loops
  * of cpu_kern.h. Everything is fp32; weights are read in their stored formats.
  * Small problems run on the calling thread only (a pool wakeup costs more than
- * they do). */
+ * they do). Threads split rows (matmuls) or (token, head) pairs (attention), never
+ * one reduction, so a token's result does not depend on the split (batch invariance,
+ * cpu_kern.h); attention's online-softmax key chunks start at the query's first
+ * visible position, a function of its absolute position only. */
 #include "ops_cpu.h"
 
 #include <assert.h>

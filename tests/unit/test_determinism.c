@@ -31,6 +31,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bf16.h"
 #include "comm.h"
 #include "cpu/ops_cpu.h"
 #include "engine.h"
@@ -334,6 +335,86 @@ static int s_suite(const s_cfg_t *cfg, float **ref_out) {
     return rc;
 }
 
+/* ---- the matmul kernels alone ------------------------------------------------------------ */
+
+/* Every token's output row must equal, bit for bit, what the same input vector gives at T = 1,
+ * whatever T (1..40: GEMV, 2/4/8-token tiles and their remainders), the token's offset in the
+ * step and the threads' row split. Shapes with a column tail past the SIMD width and odd row
+ * counts (the single-row remainder of the 2-row tile). */
+static void s_kernels(const char *isa, int threads) {
+    enum { P = 48 }; /* pool of input vectors */
+    ops_t *o = NULL;
+    gerr_t err = {{0}};
+    if (ops_cpu_new(threads, isa, &o, &err)) return; /* not on this CPU */
+    static const int shapes[][2] = {{37, 54}, {130, 256}, {9, 8}, {70, 1000}};
+    uint64_t rng = 12345;
+#define S_RND() (rng = rng * 6364136223846793005ULL + 1442695040888963407ULL, (uint32_t)(rng >> 33))
+    for (size_t k = 0; k < sizeof shapes / sizeof *shapes; k++) {
+        const int rows = shapes[k][0], cols = shapes[k][1], mcols = (cols + 31) / 32 * 32;
+        const size_t stride = (size_t)cols + 3;
+        uint16_t *wb = malloc(sizeof(uint16_t) * stride * rows), *bias = malloc(2u * rows);
+        uint8_t *blk = malloc((size_t)rows * mcols / 2), *sc = malloc((size_t)rows * mcols / 32);
+        float *pool = malloc(sizeof(float) * (size_t)P * mcols);
+        float *ref_b = malloc(sizeof(float) * (size_t)P * rows);
+        float *ref_m = malloc(sizeof(float) * (size_t)P * rows);
+        float *x = malloc(sizeof(float) * (size_t)S_MAX_T * mcols);
+        float *y = malloc(sizeof(float) * (size_t)S_MAX_T * rows);
+        if (!wb || !bias || !blk || !sc || !pool || !ref_b || !ref_m || !x || !y) abort();
+        for (size_t i = 0; i < stride * rows; i++)
+            wb[i] = f32_to_bf16(((float)(S_RND() % 2001) - 1000.0f) / 4000.0f);
+        for (int i = 0; i < rows; i++)
+            bias[i] = f32_to_bf16(((float)(S_RND() % 201) - 100.0f) / 100.0f);
+        for (size_t i = 0; i < (size_t)rows * mcols / 2; i++)
+            blk[i] = (uint8_t)S_RND();
+        for (size_t i = 0; i < (size_t)rows * mcols / 32; i++)
+            sc[i] = (uint8_t)(120 + S_RND() % 10);
+        for (size_t i = 0; i < (size_t)P * mcols; i++)
+            pool[i] = ((float)(S_RND() % 20001) - 10000.0f) / 3000.0f;
+        ops_bf16_mat_t B = {.w = wb, .stride = stride, .rows = rows, .cols = cols};
+        ops_mxfp4_mat_t M = {.blocks = blk,
+                             .scales = sc,
+                             .blocks_stride = (size_t)mcols / 2,
+                             .scales_stride = (size_t)mcols / 32,
+                             .rows = rows,
+                             .cols = mcols};
+        /* the pool's vectors hold cols (bf16) or mcols (MXFP4) values at a stride of mcols */
+        for (int v = 0; v < P; v++) {
+            for (int c = 0; c < cols; c++)
+                x[c] = pool[(size_t)v * mcols + c];
+            o->matmul_bf16(o, x, 1, &B, bias, ref_b + (size_t)v * rows);
+            o->matmul_mxfp4(o, pool + (size_t)v * mcols, 1, &M, bias, ref_m + (size_t)v * rows);
+        }
+        int bad_b = 0, bad_m = 0;
+        for (int T = 1; T <= S_MAX_T; T++) {
+            int pick[S_MAX_T];
+            for (int t = 0; t < T; t++)
+                pick[t] = (t * 7 + T * 5) % P;
+            for (int t = 0; t < T; t++)
+                for (int c = 0; c < cols; c++)
+                    x[(size_t)t * cols + c] = pool[(size_t)pick[t] * mcols + c];
+            o->matmul_bf16(o, x, T, &B, bias, y);
+            for (int t = 0; t < T; t++)
+                bad_b += memcmp(y + (size_t)t * rows, ref_b + (size_t)pick[t] * rows,
+                                sizeof(float) * rows) != 0;
+            for (int t = 0; t < T; t++)
+                memcpy(x + (size_t)t * mcols, pool + (size_t)pick[t] * mcols,
+                       sizeof(float) * mcols);
+            o->matmul_mxfp4(o, x, T, &M, bias, y);
+            for (int t = 0; t < T; t++)
+                bad_m += memcmp(y + (size_t)t * rows, ref_m + (size_t)pick[t] * rows,
+                                sizeof(float) * rows) != 0;
+        }
+        CHECK_MSG(bad_b == 0, "%s, %d threads: bf16 %dx%d: %d token rows differ from T = 1",
+                  o->name, threads, rows, cols, bad_b);
+        CHECK_MSG(bad_m == 0, "%s, %d threads: mxfp4 %dx%d: %d token rows differ from T = 1",
+                  o->name, threads, rows, mcols, bad_m);
+        free(wb), free(bias), free(blk), free(sc), free(pool), free(ref_b), free(ref_m), free(x);
+        free(y);
+    }
+#undef S_RND
+    ops_cpu_free(&o);
+}
+
 /* ---- world 2: rank 1 forked on a shm comm ------------------------------------------------- */
 
 static int s_wait(pid_t pid, int timeout_ms) {
@@ -453,6 +534,10 @@ int main(void) {
 
     const char *models[] = {tiny, big, odd};
     const char *isas[] = {"generic", "avx2", "avx512"};
+    for (size_t i = 0; i < 3; i++) {
+        s_kernels(isas[i], 1);
+        s_kernels(isas[i], 2);
+    }
     for (size_t m = 0; m < 3; m++)
         for (size_t i = 0; i < 3; i++) {
             ops_t *probe = NULL;
