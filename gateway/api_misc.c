@@ -9,23 +9,6 @@
 #include "api.h"
 #include "profile.h"
 
-/* Same names as sched_state_name; kept here so that this file needs no scheduler object. */
-static const char *s_state_name(sched_state_t st) {
-    switch (st) {
-    case SCHED_STATE_LOADING:
-        return "loading";
-    case SCHED_STATE_READY:
-        return "ready";
-    case SCHED_STATE_DRAINING:
-        return "draining";
-    case SCHED_STATE_DEGRADED:
-        return "degraded";
-    case SCHED_STATE_STOPPED:
-        return "stopped";
-    }
-    return "unknown";
-}
-
 static char *s_print(cJSON *root) {
     char *s = root ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
@@ -161,7 +144,7 @@ static void s_add_shards(cJSON *root, const sched_stats_t *st) {
 }
 
 static void s_add_state(cJSON *root, const sched_stats_t *st) {
-    cJSON_AddStringToObject(root, "status", s_state_name(st->state));
+    cJSON_AddStringToObject(root, "status", sched_state_name(st->state));
     char *m = api_utf8_repair(st->state_message,
                               strnlen(st->state_message, sizeof st->state_message), NULL);
     if (m && m[0]) cJSON_AddStringToObject(root, "message", m);
@@ -197,7 +180,7 @@ char *api_ready(const sched_stats_t *st, int *status) {
                       "not ready: the self-test generation has not passed yet");
     else
         api_error_set(&e, 503, NULL, "not_ready", "not ready: state %s%s%.300s",
-                      s_state_name(st->state), st->state_message[0] ? ": " : "", st->state_message);
+                      sched_state_name(st->state), st->state_message[0] ? ": " : "", st->state_message);
     return api_error_json(&e);
 }
 
