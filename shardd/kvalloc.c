@@ -1,6 +1,5 @@
-/* kvalloc: the gateway's copy of the shard KV block allocator (see kvalloc.h).
- * The code follows shardd/kvcache.c line for line, so a table built here is the
- * table a shard's own allocator would build from the same history. */
+/* kvalloc: the KV block allocator (see kvalloc.h), shared by the gateway's
+ * scheduler and shardd/kvcache.c. */
 #include "kvalloc.h"
 
 #include <stdlib.h>

@@ -1,12 +1,12 @@
-/* kvalloc: the gateway's KV block allocator, a memory-free twin of the
- * allocator in shardd/kvcache.c.
+/* kvalloc: the KV block allocator, without any KV memory.
  *
- * The gateway decides which physical KV blocks each sequence uses and sends the
- * block tables with every STEP, so every shard writes the same slots. This
- * module reproduces kvcache_seq_reserve / kvcache_seq_release exactly (two free
- * stacks: full-attention blocks, and sliding-window blocks released once every
- * key in them is older than the window of the next query) without allocating
- * any KV memory. Block tables are kvcache_seq_t, owned by the caller.
+ * Two free stacks: full-attention blocks, and sliding-window blocks released
+ * once every key in them is older than the window of the next query. The
+ * gateway uses it to decide which physical blocks each sequence uses and sends
+ * the block tables with every STEP, so every shard writes the same slots;
+ * shardd/kvcache.c uses the same allocator for callers that manage their own
+ * sequences (gptoss-run, tests), so there is one allocation logic, not two
+ * copies to keep in step. Block tables are kvcache_seq_t, owned by the caller.
  *
  * Not here: which sequences run (sched.c), the pool sizes (kvcache_plan). */
 #ifndef GPTOSS_KVALLOC_H

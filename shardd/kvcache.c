@@ -1,5 +1,7 @@
-/* kvcache: paged KV memory and a simple free-list allocator (see kvcache.h). */
+/* kvcache: paged KV memory; block bookkeeping through kvalloc (see kvcache.h). */
 #include "kvcache.h"
+
+#include "kvalloc.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -12,10 +14,7 @@ struct kvcache {
     void *full_mem;   /* all full-layer k and v arrays */
     void *window_mem; /* all window-layer k and v arrays */
     size_t bytes;
-    int32_t *free_full; /* stack of free full blocks */
-    int n_free_full;
-    int32_t *free_window; /* stack of free window blocks */
-    int n_free_window;
+    kvalloc_t *alloc; /* block bookkeeping (the allocator the gateway uses too) */
 };
 
 static size_t s_block_bytes(int n_kv_heads, int D, int bs, ops_kv_dtype_t dt) {
@@ -72,9 +71,7 @@ int kvcache_new(const gptoss_config_t *cfg, int n_kv_heads, const kvcache_opts_t
     size_t full_total = full_arr * 2 * (size_t)(kv->n_layers - n_sl);
     size_t win_total = win_arr * 2 * (size_t)n_sl;
     kv->layers = calloc((size_t)kv->n_layers, sizeof *kv->layers);
-    kv->free_full = malloc(sizeof(int32_t) * (size_t)(opts->n_full_blocks + 1));
-    kv->free_window = malloc(sizeof(int32_t) * (size_t)(opts->n_window_blocks + 1));
-    if (!kv->layers || !kv->free_full || !kv->free_window) goto nomem;
+    if (!kv->layers) goto nomem;
     if (full_total && !(kv->full_mem = calloc(1, full_total))) goto nomem;
     if (win_total && !(kv->window_mem = calloc(1, win_total))) goto nomem;
     kv->bytes = full_total + win_total;
@@ -93,12 +90,11 @@ int kvcache_new(const gptoss_config_t *cfg, int n_kv_heads, const kvcache_opts_t
         L->n_kv_heads = n_kv_heads;
         L->head_dim = cfg->head_dim;
     }
-    for (int i = 0; i < opts->n_full_blocks; i++)
-        kv->free_full[i] = opts->n_full_blocks - 1 - i;
-    kv->n_free_full = opts->n_full_blocks;
-    for (int i = 0; i < opts->n_window_blocks; i++)
-        kv->free_window[i] = opts->n_window_blocks - 1 - i;
-    kv->n_free_window = opts->n_window_blocks;
+    if (kvalloc_new(opts->block_size, opts->n_full_blocks, opts->n_window_blocks, kv->window,
+                    &kv->alloc, err) != 0) {
+        kvcache_free(&kv);
+        return GERR_NOMEM;
+    }
     *out = kv;
     return 0;
 nomem:
@@ -114,8 +110,7 @@ void kvcache_free(kvcache_t **pkv) {
     free(kv->layers);
     free(kv->full_mem);
     free(kv->window_mem);
-    free(kv->free_full);
-    free(kv->free_window);
+    kvalloc_free(&kv->alloc);
     free(kv);
     *pkv = NULL;
 }
@@ -133,72 +128,18 @@ size_t kvcache_bytes(const kvcache_t *kv) {
 }
 
 int kvcache_free_full(const kvcache_t *kv) {
-    return kv->n_free_full;
+    return kvalloc_free_full(kv->alloc);
 }
 
 int kvcache_free_window(const kvcache_t *kv) {
-    return kv->n_free_window;
-}
-
-static int s_grow(int32_t **tab, int *cap, int need) {
-    if (need <= *cap) return 0;
-    int nc = *cap ? *cap : 16;
-    while (nc < need)
-        nc *= 2;
-    int32_t *t = realloc(*tab, sizeof(int32_t) * (size_t)nc);
-    if (!t) return GERR_NOMEM;
-    *tab = t;
-    *cap = nc;
-    return 0;
+    return kvalloc_free_window(kv->alloc);
 }
 
 int kvcache_seq_reserve(kvcache_t *kv, kvcache_seq_t *seq, int first_query, int end_pos,
                         gerr_t *err) {
-    const int bs = kv->o.block_size;
-    int need = (end_pos + bs - 1) / bs;
-    /* release window blocks whose last key is older than first_query's window */
-    if (kv->o.n_window_blocks > 0) {
-        int oldest_key = first_query - kv->window + 1;
-        while (seq->first_live < seq->n_window && (seq->first_live + 1) * bs - 1 < oldest_key) {
-            kv->free_window[kv->n_free_window++] = seq->window[seq->first_live];
-            seq->window[seq->first_live++] = -1;
-        }
-    }
-    if (kv->o.n_full_blocks > 0 || kv->o.n_window_blocks == 0) {
-        if (need - seq->n_full > kv->n_free_full) goto full;
-        if (s_grow(&seq->full, &seq->cap_full, need)) goto nomem;
-        while (seq->n_full < need)
-            seq->full[seq->n_full++] = kv->free_full[--kv->n_free_full];
-    }
-    if (kv->o.n_window_blocks > 0) {
-        if (need - seq->n_window > kv->n_free_window) goto full;
-        if (s_grow(&seq->window, &seq->cap_window, need)) goto nomem;
-        while (seq->n_window < need) {
-            /* blocks entirely older than the window are never allocated */
-            if ((seq->n_window + 1) * bs - 1 < first_query - kv->window + 1) {
-                seq->window[seq->n_window++] = -1;
-                if (seq->first_live == seq->n_window - 1) seq->first_live = seq->n_window;
-                continue;
-            }
-            seq->window[seq->n_window++] = kv->free_window[--kv->n_free_window];
-        }
-    }
-    return 0;
-full:
-    gerr_set(err, "KV cache full: no free blocks for positions up to %d (raise the KV budget)",
-             end_pos);
-    return GERR_LIMIT;
-nomem:
-    gerr_set(err, "out of memory growing a block table");
-    return GERR_NOMEM;
+    return kvalloc_reserve(kv->alloc, seq, first_query, end_pos, err);
 }
 
 void kvcache_seq_release(kvcache_t *kv, kvcache_seq_t *seq) {
-    for (int i = 0; i < seq->n_full; i++)
-        kv->free_full[kv->n_free_full++] = seq->full[i];
-    for (int i = seq->first_live; i < seq->n_window; i++)
-        if (seq->window[i] >= 0) kv->free_window[kv->n_free_window++] = seq->window[i];
-    free(seq->full);
-    free(seq->window);
-    memset(seq, 0, sizeof *seq);
+    kvalloc_release(kv->alloc, seq);
 }

@@ -1,6 +1,7 @@
 /* kvcache: the paged KV cache of one shard, and a block allocator for callers
- * that manage their own sequences (gptoss-run, tests; the gateway keeps its own
- * identical allocator so every shard gets the same block ids).
+ * that manage their own sequences (gptoss-run, tests). The allocation logic is
+ * kvalloc.h, which the gateway's scheduler uses too, so block ids chosen there
+ * are the ones a shard's own allocator would choose.
  *
  * Two pools of fixed-size blocks: "full" blocks for full-attention layers (a
  * sequence needs ceil(len / block_size) of them) and "window" blocks for
@@ -8,8 +9,8 @@
  * older than the window of the next query, so a sequence holds only about
  * (window + chunk) / block_size of them however long it grows. A block id names
  * the same slot range in every layer of its kind. Block tables are owned by the
- * caller (kvcache_seq_t) and passed with each step; this module holds only the
- * memory and, optionally, the free lists.
+ * caller (kvcache_seq_t) and passed with each step; this module holds the
+ * memory and a kvalloc for callers that want it.
  *
  * Not here: which sequences run (scheduler), prefix sharing. */
 #ifndef GPTOSS_KVCACHE_H
