@@ -22,8 +22,50 @@
 #include "engine.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+/* GPTOSS_PROFILE=1: wall-clock seconds per op kind, printed to stderr after each step, to
+ * see where a prefill or batched step spends its time. Pool waits are inside the ops (each op
+ * returns after its fork-join), so they count in the op that waits. */
+enum {
+    S_P_EMBED,
+    S_P_NORM,
+    S_P_QKV,
+    S_P_ROPE,
+    S_P_KVW,
+    S_P_ATTN,
+    S_P_OPROJ,
+    S_P_ROUTER,
+    S_P_GATHER,
+    S_P_GATEUP,
+    S_P_SWIGLU,
+    S_P_DOWN,
+    S_P_SCATTER,
+    S_P_RESID,
+    S_P_LMHEAD,
+    S_P_N
+};
+static const char *const s_prof_names[S_P_N] = {
+    "embed",     "rmsnorm",  "qkv matmul",  "rope",       "kv write",
+    "attention", "o_proj",   "router",      "moe gather", "moe gate_up",
+    "swiglu",    "moe down", "moe scatter", "residual",   "lm_head"};
+
+static double s_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Runs stmt, adding its wall time to e->prof_s[slot] when profiling is on. */
+#define S_PROF(e, slot, stmt)                                                                      \
+    do {                                                                                           \
+        double t0_ = (e)->prof ? s_now() : 0.0;                                                    \
+        stmt;                                                                                      \
+        if ((e)->prof) (e)->prof_s[slot] += s_now() - t0_;                                         \
+    } while (0)
 
 struct engine {
     const weights_t *w;
@@ -62,6 +104,8 @@ struct engine {
     ops_tok_t *tfull;  /* [T] */
     ops_tok_t *twin;   /* [T] */
     int32_t *out_rows; /* [T] token index of each logits row */
+    int prof;          /* GPTOSS_PROFILE set: per-op times per step on stderr */
+    double prof_s[S_P_N];
 };
 
 static int s_grow(engine_t *e, int T) {
@@ -118,6 +162,8 @@ int engine_new(const weights_t *w, const ops_t *ops, const engine_opts_t *opts, 
         return GERR_NOMEM;
     }
     e->w = w;
+    const char *prof = getenv("GPTOSS_PROFILE");
+    e->prof = prof && *prof && strcmp(prof, "0") != 0;
     e->ops = ops;
     e->comm = o.comm;
     e->rank = o.comm ? o.comm->rank : 0;
@@ -287,8 +333,8 @@ static int s_moe(engine_t *e, const weights_layer_t *L, int T, gerr_t *err) {
         o->add(o, e->x, e->tmp, (size_t)T * H);
         return 0;
     }
-    o->matmul_bf16(o, e->a, T, &L->router, L->router_b, e->rl);
-    o->router_topk(o, e->rl, T, E, K, e->ridx, e->rw);
+    S_PROF(e, S_P_ROUTER, o->matmul_bf16(o, e->a, T, &L->router, L->router_b, e->rl);
+           o->router_topk(o, e->rl, T, E, K, e->ridx, e->rw));
     /* group (token, weight) pairs by expert, in token order */
     memset(e->ecount, 0, sizeof(int32_t) * (size_t)E);
     for (int i = 0; i < T * K; i++)
@@ -308,15 +354,21 @@ static int s_moe(engine_t *e, const weights_layer_t *L, int T, gerr_t *err) {
         if (!n) continue;
         const int32_t *tk = e->etok + e->estart[x];
         const float *wt = e->ewt + e->estart[x];
-        for (int i = 0; i < n; i++)
-            memcpy(e->xe + (size_t)i * H, e->a + (size_t)tk[i] * H, sizeof(float) * (size_t)H);
+        S_PROF(e, S_P_GATHER,
+               for (int i = 0; i < n; i++) memcpy(e->xe + (size_t)i * H, e->a + (size_t)tk[i] * H,
+                                                  sizeof(float) * (size_t)H));
         ops_mxfp4_mat_t gu = weights_expert(&L->gate_up, x);
         ops_mxfp4_mat_t dn = weights_expert(&L->down, x);
-        o->matmul_mxfp4(o, e->xe, n, &gu, weights_expert_bias(&L->gate_up, x), e->he);
-        o->swiglu(o, e->he, n, e->nu, e->w->cfg.swiglu_alpha, e->w->cfg.swiglu_limit, e->ae);
-        o->matmul_mxfp4(o, e->ae, n, &dn, weights_expert_bias(&L->down, x), e->ye);
-        for (int i = 0; i < n; i++)
-            o->axpy(o, e->tmp + (size_t)tk[i] * H, wt[i], e->ye + (size_t)i * H, (size_t)H);
+        S_PROF(e, S_P_GATEUP,
+               o->matmul_mxfp4(o, e->xe, n, &gu, weights_expert_bias(&L->gate_up, x), e->he));
+        S_PROF(
+            e, S_P_SWIGLU,
+            o->swiglu(o, e->he, n, e->nu, e->w->cfg.swiglu_alpha, e->w->cfg.swiglu_limit, e->ae));
+        S_PROF(e, S_P_DOWN,
+               o->matmul_mxfp4(o, e->ae, n, &dn, weights_expert_bias(&L->down, x), e->ye));
+        S_PROF(e, S_P_SCATTER,
+               for (int i = 0; i < n; i++)
+                   o->axpy(o, e->tmp + (size_t)tk[i] * H, wt[i], e->ye + (size_t)i * H, (size_t)H));
     }
     int rc = s_reduce(e, e->tmp, (size_t)T * H, err);
     if (rc) return rc;
@@ -351,6 +403,20 @@ static int s_logits(engine_t *e, int R, float *logits, gerr_t *err) {
             memcpy(logits + (size_t)i * V + (size_t)e->vbegin[r], src, sizeof(float) * nv);
     }
     return 0;
+}
+
+/* One table per step on stderr (GPTOSS_PROFILE): ms and share of the step per op kind;
+ * "other" is what no slot covers (checks, the MoE grouping, all-reduces). */
+static void s_prof_print(const engine_t *e, int T, int R, double total) {
+    double sum = 0.0;
+    fprintf(stderr, "profile: step of %d tokens, %d logits rows: %.1f ms\n", T, R, 1e3 * total);
+    for (int i = 0; i < S_P_N; i++) {
+        sum += e->prof_s[i];
+        fprintf(stderr, "  %-12s %9.2f ms %5.1f%%\n", s_prof_names[i], 1e3 * e->prof_s[i],
+                total > 0 ? 100.0 * e->prof_s[i] / total : 0.0);
+    }
+    fprintf(stderr, "  %-12s %9.2f ms %5.1f%%\n", "other", 1e3 * (total - sum),
+            total > 0 ? 100.0 * (total - sum) / total : 0.0);
 }
 
 int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits, gerr_t *err) {
@@ -391,29 +457,35 @@ int engine_step(engine_t *e, const engine_seq_t *seqs, int n_seqs, float *logits
     }
     const int H = e->H, D = e->D;
     const float sm_scale = 1.0f / sqrtf((float)D);
-    o->embed(o, e->w->embed.w, e->w->embed.stride, H, e->ids, T, e->x);
-    ops_rope_table(&e->rope, e->pos, T, e->cs);
+    if (e->prof) memset(e->prof_s, 0, sizeof e->prof_s);
+    const double step_t0 = e->prof ? s_now() : 0.0;
+    S_PROF(e, S_P_EMBED, o->embed(o, e->w->embed.w, e->w->embed.stride, H, e->ids, T, e->x));
+    S_PROF(e, S_P_ROPE, ops_rope_table(&e->rope, e->pos, T, e->cs));
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const weights_layer_t *L = &e->w->layers[l];
         const ops_kv_t *kv = kvcache_layer(e->kv, l);
         const ops_tok_t *toks = L->sliding ? e->twin : e->tfull;
-        o->rmsnorm(o, e->x, L->ln_attn, T, H, c->rms_norm_eps, e->a);
-        o->matmul_bf16(o, e->a, T, &L->q, L->q_b, e->q);
-        o->matmul_bf16(o, e->a, T, &L->k, L->k_b, e->k);
-        o->matmul_bf16(o, e->a, T, &L->v, L->v_b, e->v);
-        o->rope(o, e->q, T, e->nh, D, e->cs);
-        o->rope(o, e->k, T, e->nkv, D, e->cs);
-        o->kv_write(o, kv, e->k, e->v, toks, T);
-        o->attention(o, e->q, T, e->nh, kv, toks, L->sliding ? c->sliding_window : 0, L->sinks,
-                     sm_scale, e->att);
-        o->matmul_bf16(o, e->att, T, &L->o, L->o_b, e->tmp);
+        S_PROF(e, S_P_NORM, o->rmsnorm(o, e->x, L->ln_attn, T, H, c->rms_norm_eps, e->a));
+        S_PROF(e, S_P_QKV, o->matmul_bf16(o, e->a, T, &L->q, L->q_b, e->q);
+               o->matmul_bf16(o, e->a, T, &L->k, L->k_b, e->k);
+               o->matmul_bf16(o, e->a, T, &L->v, L->v_b, e->v));
+        S_PROF(e, S_P_ROPE, o->rope(o, e->q, T, e->nh, D, e->cs);
+               o->rope(o, e->k, T, e->nkv, D, e->cs));
+        S_PROF(e, S_P_KVW, o->kv_write(o, kv, e->k, e->v, toks, T));
+        S_PROF(e, S_P_ATTN,
+               o->attention(o, e->q, T, e->nh, kv, toks, L->sliding ? c->sliding_window : 0,
+                            L->sinks, sm_scale, e->att));
+        S_PROF(e, S_P_OPROJ, o->matmul_bf16(o, e->att, T, &L->o, L->o_b, e->tmp));
         int rc = s_reduce(e, e->tmp, (size_t)T * H, err);
         if (rc) return rc;
-        o->add(o, e->x, e->tmp, (size_t)T * H);
-        o->rmsnorm(o, e->x, L->ln_mlp, T, H, c->rms_norm_eps, e->a);
+        S_PROF(e, S_P_RESID, o->add(o, e->x, e->tmp, (size_t)T * H));
+        S_PROF(e, S_P_NORM, o->rmsnorm(o, e->x, L->ln_mlp, T, H, c->rms_norm_eps, e->a));
         if ((rc = s_moe(e, L, T, err))) return rc;
     }
     for (int r = 0; r < R; r++)
         memcpy(e->xe + (size_t)r * H, e->x + (size_t)e->out_rows[r] * H, sizeof(float) * H);
-    return s_logits(e, R, logits, err);
+    int rc;
+    S_PROF(e, S_P_LMHEAD, rc = s_logits(e, R, logits, err));
+    if (e->prof) s_prof_print(e, T, R, s_now() - step_t0);
+    return rc;
 }

@@ -1,10 +1,11 @@
 /* ops_cpu: the CPU implementation of ops.h.
  *
  * Each op splits its work into tasks for the thread pool (output-row chunks for
- * matmuls, (token, head) pairs for attention) and calls the per-ISA inner loops
- * of cpu_kern.h. Everything is fp32; weights are read in their stored formats.
+ * matmuls, a token and up to 8 query heads of one kv head for attention, token
+ * ranges for SwiGLU) and calls the per-ISA inner loops of cpu_kern.h. Everything
+ * is fp32; weights are read in their stored formats.
  * Small problems run on the calling thread only (a pool wakeup costs more than
- * they do). Threads split rows (matmuls) or (token, head) pairs (attention), never
+ * they do). Threads split rows (matmuls) or (token, heads) tasks (attention), never
  * one reduction, so a token's result does not depend on the split (batch invariance,
  * cpu_kern.h); attention's online-softmax key chunks start at the query's first
  * visible position, a function of its absolute position only. */
@@ -24,6 +25,7 @@
 #define S_SMALL_WORK  16384 /* multiply-adds below which a matmul stays single-threaded */
 #define S_ATTN_CHUNK  128   /* keys scored per online-softmax rescale */
 #define S_MAX_D       256   /* largest head_dim supported */
+#define S_ATTN_HEADS  8     /* query heads (of one kv head) per attention task */
 #define S_SPLIT_STACK 8192  /* floats of split-order x kept on the stack (T = 1 and small T) */
 
 typedef struct {
@@ -172,6 +174,8 @@ typedef struct {
     const s_cpu_t *cpu;
     const float *q;
     int n_heads, group;
+    int sub;           /* tasks per kv head: ceil(group / S_ATTN_HEADS) */
+    int tasks_per_tok; /* n_kv_heads * sub */
     const ops_kv_t *kv;
     const ops_tok_t *toks;
     int window;
@@ -194,66 +198,90 @@ static inline const float *s_kv_row(const ops_kv_t *kv, const void *base, const 
     return tmp;
 }
 
+/* One task: token t and up to S_ATTN_HEADS query heads that share one kv head, so each key
+ * and value row is located (and widened from bf16) once for all of them instead of once per
+ * head. Every head keeps its own online-softmax state and runs exactly the operations, in
+ * exactly the order, that it would run alone, so the grouping changes no bit. */
 static void s_attn_task(void *arg, int task, int thread) {
     (void)thread;
     const s_attn_job_t *j = arg;
     const ops_kv_t *kv = j->kv;
     const int D = kv->head_dim;
-    const int t = task / j->n_heads, h = task % j->n_heads, kvh = h / j->group;
+    const int t = task / j->tasks_per_tok, r = task % j->tasks_per_tok;
+    const int kvh = r / j->sub, h0 = kvh * j->group + (r % j->sub) * S_ATTN_HEADS;
+    int nh = kvh * j->group + j->group - h0;
+    if (nh > S_ATTN_HEADS) nh = S_ATTN_HEADS;
     const ops_tok_t *tok = &j->toks[t];
-    const float *q = j->q + ((size_t)t * j->n_heads + h) * D;
-    float *out = j->out + ((size_t)t * j->n_heads + h) * D;
     const cpu_kern_t *K = j->cpu->kern;
     int lo = 0;
     if (j->window > 0 && tok->pos - j->window + 1 > 0) lo = tok->pos - j->window + 1;
     /* online softmax, seeded with the sink: m = S_h, l = e^(S_h - m) = 1 */
-    float m = bf16_to_f32(j->sinks[h]), l = 1.0f;
-    float acc[S_MAX_D], s[S_ATTN_CHUNK], tmp[S_MAX_D];
-    for (int i = 0; i < D; i++)
-        acc[i] = 0.0f;
+    float m[S_ATTN_HEADS], l[S_ATTN_HEADS];
+    float acc[S_ATTN_HEADS][S_MAX_D], s[S_ATTN_HEADS][S_ATTN_CHUNK], tmp[S_MAX_D];
+    const float *q[S_ATTN_HEADS];
+    for (int g = 0; g < nh; g++) {
+        m[g] = bf16_to_f32(j->sinks[h0 + g]);
+        l[g] = 1.0f;
+        q[g] = j->q + ((size_t)t * j->n_heads + h0 + g) * D;
+        for (int i = 0; i < D; i++)
+            acc[g][i] = 0.0f;
+    }
     for (int c0 = lo; c0 <= tok->pos; c0 += S_ATTN_CHUNK) {
         int n = tok->pos + 1 - c0;
         if (n > S_ATTN_CHUNK) n = S_ATTN_CHUNK;
-        float cm = m;
+        float cm[S_ATTN_HEADS];
+        for (int g = 0; g < nh; g++)
+            cm[g] = m[g];
         for (int i = 0; i < n; i++) {
             const float *kr = s_kv_row(kv, kv->k, tok->blocks, c0 + i, kvh, tmp);
-            s[i] = K->dot(q, kr, D) * j->sm_scale;
-            if (s[i] > cm) cm = s[i];
+            for (int g = 0; g < nh; g++) {
+                s[g][i] = K->dot(q[g], kr, D) * j->sm_scale;
+                if (s[g][i] > cm[g]) cm[g] = s[g][i];
+            }
         }
-        if (cm > m) {
-            float r = expf(m - cm);
-            l *= r;
-            for (int i = 0; i < D; i++)
-                acc[i] *= r;
-            m = cm;
+        for (int g = 0; g < nh; g++) {
+            if (cm[g] > m[g]) {
+                float rr = expf(m[g] - cm[g]);
+                l[g] *= rr;
+                for (int i = 0; i < D; i++)
+                    acc[g][i] *= rr;
+                m[g] = cm[g];
+            }
         }
         for (int i = 0; i < n; i++) {
-            float p = expf(s[i] - m);
-            l += p;
             const float *vr = s_kv_row(kv, kv->v, tok->blocks, c0 + i, kvh, tmp);
-            K->axpy(acc, p, vr, D);
+            for (int g = 0; g < nh; g++) {
+                float p = expf(s[g][i] - m[g]);
+                l[g] += p;
+                K->axpy(acc[g], p, vr, D);
+            }
         }
     }
-    float inv = 1.0f / l;
-    for (int i = 0; i < D; i++)
-        out[i] = acc[i] * inv;
+    for (int g = 0; g < nh; g++) {
+        float inv = 1.0f / l[g], *out = j->out + ((size_t)t * j->n_heads + h0 + g) * D;
+        for (int i = 0; i < D; i++)
+            out[i] = acc[g][i] * inv;
+    }
 }
 
 static void s_attention(const ops_t *o, const float *q, int T, int n_heads, const ops_kv_t *kv,
                         const ops_tok_t *toks, int window, const uint16_t *sinks, float sm_scale,
                         float *out) {
     assert(kv->head_dim <= S_MAX_D && n_heads % kv->n_kv_heads == 0);
+    const int group = n_heads / kv->n_kv_heads, sub = (group + S_ATTN_HEADS - 1) / S_ATTN_HEADS;
     s_attn_job_t j = {.cpu = s_cpu(o),
                       .q = q,
                       .n_heads = n_heads,
-                      .group = n_heads / kv->n_kv_heads,
+                      .group = group,
+                      .sub = sub,
+                      .tasks_per_tok = kv->n_kv_heads * sub,
                       .kv = kv,
                       .toks = toks,
                       .window = window,
                       .sinks = sinks,
                       .sm_scale = sm_scale,
                       .out = out};
-    cpu_pool_run(s_cpu(o)->pool, T * n_heads, s_attn_task, &j);
+    cpu_pool_run(s_cpu(o)->pool, T * j.tasks_per_tok, s_attn_task, &j);
 }
 
 /* ---- MoE pieces --------------------------------------------------------------- */
@@ -285,21 +313,44 @@ static void s_router_topk(const ops_t *o, const float *z, int T, int E, int k, i
     }
 }
 
-static void s_swiglu(const ops_t *o, const float *h, int T, int I, float alpha, float limit,
-                     float *out) {
-    (void)o;
-    for (int t = 0; t < T; t++) {
-        const float *ht = h + (size_t)t * 2 * I;
-        float *ot = out + (size_t)t * I;
-        for (int i = 0; i < I; i++) {
+typedef struct {
+    const float *h;
+    int T, I, per_task;
+    float alpha, limit;
+    float *out;
+} s_swiglu_job_t;
+
+static void s_swiglu_task(void *arg, int task, int thread) {
+    (void)thread;
+    const s_swiglu_job_t *j = arg;
+    int t1 = (task + 1) * j->per_task;
+    if (t1 > j->T) t1 = j->T;
+    for (int t = task * j->per_task; t < t1; t++) {
+        const float *ht = j->h + (size_t)t * 2 * j->I;
+        float *ot = j->out + (size_t)t * j->I;
+        for (int i = 0; i < j->I; i++) {
             float g = ht[2 * i], u = ht[2 * i + 1];
-            if (g > limit) g = limit;
-            if (u > limit) u = limit;
-            if (u < -limit) u = -limit;
-            float sig = 1.0f / (1.0f + expf(-alpha * g));
+            if (g > j->limit) g = j->limit;
+            if (u > j->limit) u = j->limit;
+            if (u < -j->limit) u = -j->limit;
+            float sig = 1.0f / (1.0f + expf(-j->alpha * g));
             ot[i] = g * sig * (u + 1.0f);
         }
     }
+}
+
+/* Elementwise, so threads may split the tokens freely; small batches (decode) stay on the
+ * calling thread, where a pool wakeup would cost more than the expf calls. */
+static void s_swiglu(const ops_t *o, const float *h, int T, int I, float alpha, float limit,
+                     float *out) {
+    s_swiglu_job_t j = {.h = h, .T = T, .I = I, .alpha = alpha, .limit = limit, .out = out};
+    if ((double)T * I < 8 * S_SMALL_WORK) {
+        j.per_task = T;
+        if (T > 0) s_swiglu_task(&j, 0, 0);
+        return;
+    }
+    j.per_task = 4;
+    cpu_pool_run(s_cpu(o)->pool, (T + 3) / 4, s_swiglu_task, &j);
 }
 
 static void s_add(const ops_t *o, float *x, const float *y, size_t n) {
