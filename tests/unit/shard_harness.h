@@ -1,7 +1,7 @@
 /* shard_harness: the test side of the gateway <-> shard protocol, shared by the tests
  * that drive real gptoss-shardd processes from a ROUTER socket of their own
  * (test_shardd.c, test_tp.c). Header-only (static functions); include after
- * <zmq.h>, "proto.h" and the C headers it uses. */
+ * <zmq.h>, <cjson/cJSON.h>, "proto.h", "tcheck.h" and the C headers it uses. */
 #ifndef GPTOSS_SHARD_HARNESS_H
 #define GPTOSS_SHARD_HARNESS_H
 
@@ -73,6 +73,48 @@ static int s_recv(void *r, int timeout_ms, s_in_t *in) {
     for (int i = 0; i < n && i < 3; i++)
         zmq_msg_close(&f[i]);
     return 1;
+}
+
+/* Reads tiny-a case `which` from expected.json: its input ids (*ids has room for the
+ * continuation too) and greedy continuation; both malloc'd, the caller frees. */
+static int s_read_case(int which, int32_t **ids, int *n_ids, int32_t **cont, int *n_cont) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/tiny-a/expected.json", tcheck_fixtures());
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *txt = sz > 0 ? malloc((size_t)sz + 1) : NULL;
+    size_t got = txt ? fread(txt, 1, (size_t)sz, f) : 0;
+    fclose(f);
+    if (!txt || got != (size_t)sz) {
+        free(txt);
+        return -1;
+    }
+    cJSON *root = cJSON_ParseWithLength(txt, (size_t)sz);
+    free(txt);
+    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(root, "cases"), which);
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(c, "input_ids");
+    const cJSON *g = cJSON_GetObjectItemCaseSensitive(c, "greedy_continuation");
+    if (!cJSON_IsArray(a) || !cJSON_IsArray(g)) {
+        cJSON_Delete(root);
+        return -1;
+    }
+    *n_ids = cJSON_GetArraySize(a);
+    *n_cont = cJSON_GetArraySize(g);
+    *ids = malloc(sizeof(int32_t) * (size_t)(*n_ids + *n_cont));
+    *cont = malloc(sizeof(int32_t) * (size_t)*n_cont);
+    if (!*ids || !*cont) {
+        cJSON_Delete(root);
+        return -1;
+    }
+    for (int i = 0; i < *n_ids; i++)
+        (*ids)[i] = cJSON_GetArrayItem(a, i)->valueint;
+    for (int i = 0; i < *n_cont; i++)
+        (*cont)[i] = cJSON_GetArrayItem(g, i)->valueint;
+    cJSON_Delete(root);
+    return 0;
 }
 
 #endif

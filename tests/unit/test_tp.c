@@ -667,47 +667,6 @@ static int s_json_int(const char *body, const char *k) {
     return v;
 }
 
-/* Reads tiny-a case `which` from expected.json: input ids and greedy continuation. */
-static int s_read_case(int which, int32_t **ids, int *n_ids, int32_t **cont, int *n_cont) {
-    char path[1024];
-    snprintf(path, sizeof path, "%s/tiny-a/expected.json", tcheck_fixtures());
-    FILE *f = fopen(path, "rb");
-    if (!f) return -1;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *txt = sz > 0 ? malloc((size_t)sz + 1) : NULL;
-    size_t got = txt ? fread(txt, 1, (size_t)sz, f) : 0;
-    fclose(f);
-    if (!txt || got != (size_t)sz) {
-        free(txt);
-        return -1;
-    }
-    cJSON *root = cJSON_ParseWithLength(txt, (size_t)sz);
-    free(txt);
-    const cJSON *c = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(root, "cases"), which);
-    const cJSON *a = cJSON_GetObjectItemCaseSensitive(c, "input_ids");
-    const cJSON *g = cJSON_GetObjectItemCaseSensitive(c, "greedy_continuation");
-    if (!cJSON_IsArray(a) || !cJSON_IsArray(g)) {
-        cJSON_Delete(root);
-        return -1;
-    }
-    *n_ids = cJSON_GetArraySize(a);
-    *n_cont = cJSON_GetArraySize(g);
-    *ids = malloc(sizeof(int32_t) * (size_t)(*n_ids + *n_cont));
-    *cont = malloc(sizeof(int32_t) * (size_t)*n_cont);
-    if (!*ids || !*cont) {
-        cJSON_Delete(root);
-        return -1;
-    }
-    for (int i = 0; i < *n_ids; i++)
-        (*ids)[i] = cJSON_GetArrayItem(a, i)->valueint;
-    for (int i = 0; i < *n_cont; i++)
-        (*cont)[i] = cJSON_GetArrayItem(g, i)->valueint;
-    cJSON_Delete(root);
-    return 0;
-}
-
 /* A greedy sequence in slot 0 with block tables for positions [0, start + n), bs 16. */
 static proto_seq_t s_seq(const int32_t *tok, int n, int start, int prompt_len, int32_t *full,
                          int32_t *win, uint32_t flags) {
