@@ -70,6 +70,27 @@ typedef struct {
                               (entries older than a sliding window may be -1) */
 } ops_tok_t;
 
+/* All experts of one MoE matrix (gate_up or down) of one layer: expert e's matrix is
+ * `mat` with blocks/scales moved by e times the per-expert byte strides, and its bias
+ * `bias + e * bias_estride` (bf16; bias NULL: none). Same layout as the checkpoint's
+ * [E][rows][cols/32][16] tensors (or a tensor-parallel slice of them). */
+typedef struct {
+    ops_mxfp4_mat_t mat;   /* expert 0; rows/cols = this shard's slice */
+    size_t blocks_estride; /* bytes between experts in blocks */
+    size_t scales_estride; /* bytes between experts in scales */
+    const uint16_t *bias;  /* bf16, expert 0's [mat.rows] (NULL: none on this shard) */
+    size_t bias_estride;   /* elements between experts in bias */
+} ops_experts_t;
+
+/* One layer's MoE for the moe op: gate_up [2*nu][H] (rows interleaved gate/up) and down
+ * [H][nu] of n_experts experts, with the clamped-SwiGLU constants. */
+typedef struct {
+    ops_experts_t gate_up; /* per expert [2*nu][H] */
+    ops_experts_t down;    /* per expert [H][nu] */
+    int n_experts;         /* E */
+    float alpha, limit;    /* SwiGLU (GPTOSS.md 3.3) */
+} ops_moe_t;
+
 typedef struct ops ops_t;
 
 /* The operations. All members are required. T = rows (tokens) of the call. */
@@ -117,6 +138,43 @@ struct ops {
     void (*add)(const ops_t *o, float *x, const float *y, size_t n);
     /* x[i] += a * y[i] for i < n (weighted expert output). */
     void (*axpy)(const ops_t *o, float *x, float a, const float *y, size_t n);
+
+    /* The experts of one MoE layer for T tokens (a: [T][H] normed, H = m->gate_up.mat.cols;
+     * idx, w: [T][K] from router_topk): for each token t and each of its K experts e
+     * (weight w[t][j]), y = down_e(swiglu(gate_up_e(a[t]) + gu_bias_e)) + dn_bias_e, and
+     * out[t] = sum of w[t][j] * y, added in ascending expert index (batch invariance: the
+     * order depends on the token's own experts only). out: [T][H], fully written (zeros
+     * when the shard holds no expert units). Backends group tokens by expert so that each
+     * active expert's weights are read once per call. */
+    void (*moe)(const ops_t *o, const float *a, int T, const int32_t *idx, const float *w, int K,
+                const ops_moe_t *m, float *out);
+    /* dst[r][0..n) = src[rows[r]][0..n) for r < R (rows: backend memory). */
+    void (*gather_rows)(const ops_t *o, const float *src, const int32_t *rows, int R, int n,
+                        float *dst);
+
+    /* Memory. The engine keeps activations, step inputs (ids, rope rows, ops_tok_t arrays
+     * and block tables) and the KV cache in backend memory, so a device backend runs the
+     * same engine code. CPU: host memory, copies are memcpy. */
+    /* Allocates bytes of backend memory (64-byte aligned, zero-filled); NULL when out of
+     * memory. Caller frees with free_mem. */
+    void *(*alloc)(const ops_t *o, size_t bytes);
+    /* Frees memory from alloc (NULL is a no-op). */
+    void (*free_mem)(const ops_t *o, void *p);
+    /* Copies bytes host src -> backend dst; src may be reused when it returns. */
+    void (*upload)(const ops_t *o, void *dst, const void *src, size_t bytes);
+    /* Copies bytes backend src -> host dst after all queued work; dst is filled on return. */
+    void (*download)(const ops_t *o, void *dst, const void *src, size_t bytes);
+    /* Sets bytes of backend memory to zero (queued in order with the ops). */
+    void (*zero)(const ops_t *o, void *dst, size_t bytes);
+
+    /* Optional step graphs (NULL on backends without them, e.g. the CPU): a device backend
+     * can record the ops queued between graph_begin(key) and graph_end(key) and replay them
+     * with graph_launch(key), which returns false when no graph is stored for key (then
+     * the caller runs the ops eagerly, and may capture). A replay reuses the captured
+     * pointers and scalars: the caller writes the step's inputs into the same buffers. */
+    void (*graph_begin)(const ops_t *o, int key);
+    void (*graph_end)(const ops_t *o, int key);
+    bool (*graph_launch)(const ops_t *o, int key);
 };
 
 /* YaRN RoPE parameters (GPTOSS.md 4.5), computed in double. */

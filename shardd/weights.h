@@ -39,15 +39,9 @@
 #include "ops.h"
 #include "safetensors.h"
 
-/* One expert matrix set: expert e's matrix is the template with pointers moved by
- * e times the per-expert strides. */
-typedef struct {
-    ops_mxfp4_mat_t mat;   /* expert 0; rows/cols = this shard's slice */
-    size_t blocks_estride; /* bytes between experts in blocks */
-    size_t scales_estride; /* bytes between experts in scales */
-    const uint16_t *bias;  /* bf16, expert 0's [mat.rows] (NULL: none on this shard) */
-    size_t bias_estride;   /* elements between experts in bias */
-} weights_experts_t;
+/* One expert matrix set (ops.h's ops_experts_t: expert e's matrix is the template with
+ * pointers moved by e times the per-expert strides). */
+typedef ops_experts_t weights_experts_t;
 
 /* The views of one transformer block. */
 typedef struct {
