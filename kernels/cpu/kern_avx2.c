@@ -221,19 +221,83 @@ static inline float s_mx_row1(const uint8_t *blk, const uint8_t *sc, int nb, con
     return s_hsum(acc);
 }
 
-/* One row for two tokens (x0, x1): as s_mx_row1, each decoded block feeds both. */
-static inline void s_mx_row2(const uint8_t *blk, const uint8_t *sc, int nb, const float *x0,
-                             const float *x1, const s_mx_consts_t *k, float out[2]) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+/* Four rows at T = 1: the block's x (4 vectors) is loaded once for the four rows, and the
+ * four accumulator chains are independent (one chain per row would leave the FMA latency
+ * exposed). Per row, the summation order is the one of every MXFP4 path. */
+static inline void s_mx_rows4(const uint8_t *blk, size_t bstride, const uint8_t *sc, size_t sstride,
+                              int nb, const float *xt, const s_mx_consts_t *k, float out[4]) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    const uint8_t *b1 = blk + bstride, *b2 = b1 + bstride, *b3 = b2 + bstride;
+    const uint8_t *s1 = sc + sstride, *s2 = s1 + sstride, *s3 = s2 + sstride;
     for (int g = 0; g < nb; g++) {
-        __m256 w[4];
-        s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, k, w);
-        __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
-        a0 = _mm256_fmadd_ps(s_mx_part(w, x0 + g * MXFP4_BLOCK), s, a0);
-        a1 = _mm256_fmadd_ps(s_mx_part(w, x1 + g * MXFP4_BLOCK), s, a1);
+        const float *xg = xt + g * MXFP4_BLOCK;
+        const __m256 x0 = _mm256_loadu_ps(xg), x1 = _mm256_loadu_ps(xg + 8);
+        const __m256 x2 = _mm256_loadu_ps(xg + 16), x3 = _mm256_loadu_ps(xg + 24);
+        const size_t off = (size_t)g * MXFP4_BLOCK_BYTES;
+        if ((g & 3) == 0) {
+            _mm_prefetch((const char *)(blk + off + 512), _MM_HINT_T0);
+            _mm_prefetch((const char *)(b1 + off + 512), _MM_HINT_T0);
+            _mm_prefetch((const char *)(b2 + off + 512), _MM_HINT_T0);
+            _mm_prefetch((const char *)(b3 + off + 512), _MM_HINT_T0);
+        }
+        __m256 w[4], p;
+#define S_ROW4_STEP(bp, sp, acc)                                                                   \
+    s_mx_decode((bp) + off, k, w);                                                                 \
+    p = _mm256_mul_ps(w[0], x0);                                                                   \
+    p = _mm256_fmadd_ps(w[1], x1, p);                                                              \
+    p = _mm256_fmadd_ps(w[2], x2, p);                                                              \
+    p = _mm256_fmadd_ps(w[3], x3, p);                                                              \
+    acc = _mm256_fmadd_ps(p, _mm256_set1_ps(cpu_mxfp4_scale24[(sp)[g]]), acc)
+        S_ROW4_STEP(blk, sc, a0);
+        S_ROW4_STEP(b1, s1, a1);
+        S_ROW4_STEP(b2, s2, a2);
+        S_ROW4_STEP(b3, s3, a3);
+#undef S_ROW4_STEP
     }
     out[0] = s_hsum(a0);
     out[1] = s_hsum(a1);
+    out[2] = s_hsum(a2);
+    out[3] = s_hsum(a3);
+}
+
+/* One row for NT tokens (2..7, a compile-time constant after inlining) at x0 + i * ldx:
+ * each decoded block feeds all NT, so a small batch decodes each weight once. */
+static inline __attribute__((always_inline)) void s_mx_rowN(const uint8_t *blk, const uint8_t *sc,
+                                                            int nb, const float *x0, size_t ldx,
+                                                            const int NT, const s_mx_consts_t *k,
+                                                            float *out) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; i++)
+        acc[i] = _mm256_setzero_ps();
+    for (int g = 0; g < nb; g++) {
+        __m256 w[4];
+        s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, k, w);
+        const __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
+        const float *xg = x0 + g * MXFP4_BLOCK;
+#pragma GCC unroll 8
+        for (int i = 0; i < NT; i++)
+            acc[i] = _mm256_fmadd_ps(s_mx_part(w, xg + i * ldx), s, acc[i]);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; i++)
+        out[i] = s_hsum(acc[i]);
+}
+
+/* Rows [r0, r1) for the NT tokens at x0 (rows of n values), results into y[t0 + i]. */
+static inline __attribute__((always_inline)) void
+s_mx_small(const float *x0, int n, const int NT, const ops_mxfp4_mat_t *W, const uint16_t *bias,
+           int r0, int r1, float *y, int t0, const s_mx_consts_t *k) {
+    const int nb = n / MXFP4_BLOCK;
+    const size_t ldy = (size_t)W->rows;
+    for (int r = r0; r < r1; r++) {
+        float o[8];
+        s_mx_rowN(W->blocks + (size_t)r * W->blocks_stride,
+                  W->scales + (size_t)r * W->scales_stride, nb, x0, (size_t)n, NT, k, o);
+        const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+        for (int i = 0; i < NT; i++)
+            y[(size_t)(t0 + i) * ldy + r] = o[i] + b;
+    }
 }
 
 static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
@@ -290,49 +354,48 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
             }
         }
     }
-    /* four tokens: one accumulator per token, each decoded block feeds all four */
-    for (; t + 4 <= T; t += 4) {
-        const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
-            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int g = 0; g < nb; g++) {
-                __m256 w[4];
-                s_mx_decode(blk + g * MXFP4_BLOCK_BYTES, &k, w);
-                const __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc[g]]);
-                const int c = g * MXFP4_BLOCK;
-                a0 = _mm256_fmadd_ps(s_mx_part(w, x0 + c), s, a0);
-                a1 = _mm256_fmadd_ps(s_mx_part(w, x1 + c), s, a1);
-                a2 = _mm256_fmadd_ps(s_mx_part(w, x2 + c), s, a2);
-                a3 = _mm256_fmadd_ps(s_mx_part(w, x3 + c), s, a3);
-            }
-            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            y[(size_t)t * ldy + r] = s_hsum(a0) + b;
-            y[(size_t)(t + 1) * ldy + r] = s_hsum(a1) + b;
-            y[(size_t)(t + 2) * ldy + r] = s_hsum(a2) + b;
-            y[(size_t)(t + 3) * ldy + r] = s_hsum(a3) + b;
+    /* the last T % 8 tokens: one tile of all of them (2..7), each decoded block feeding
+     * every token; a single token (decode) takes four rows at a time */
+    const int rem = T - t;
+    const float *xr = x + (size_t)t * n;
+    switch (rem) {
+    case 0:
+        break;
+    case 1: {
+        int r = r0;
+        for (; r + 4 <= r1; r += 4) {
+            float o4[4];
+            s_mx_rows4(W->blocks + (size_t)r * W->blocks_stride, W->blocks_stride,
+                       W->scales + (size_t)r * W->scales_stride, W->scales_stride, nb, xr, &k, o4);
+            for (int i = 0; i < 4; i++)
+                y[(size_t)t * ldy + r + i] = o4[i] + (bias ? bf16_to_f32(bias[r + i]) : 0.0f);
         }
-    }
-    for (; t + 2 <= T; t += 2) {
-        const float *x0 = x + (size_t)t * n;
-        for (int r = r0; r < r1; r++) {
+        for (; r < r1; r++) {
             const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
             const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            float o2[2], b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            s_mx_row2(blk, sc, nb, x0, x0 + n, &k, o2);
-            y[(size_t)t * ldy + r] = o2[0] + b;
-            y[(size_t)(t + 1) * ldy + r] = o2[1] + b;
-        }
-    }
-    for (; t < T; t++) {
-        const float *xt = x + (size_t)t * n;
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
-            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            float s = s_mx_row1(blk, sc, nb, xt, &k);
+            float s = s_mx_row1(blk, sc, nb, xr, &k);
             y[(size_t)t * ldy + r] = s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
         }
+        break;
+    }
+    case 2:
+        s_mx_small(xr, n, 2, W, bias, r0, r1, y, t, &k);
+        break;
+    case 3:
+        s_mx_small(xr, n, 3, W, bias, r0, r1, y, t, &k);
+        break;
+    case 4:
+        s_mx_small(xr, n, 4, W, bias, r0, r1, y, t, &k);
+        break;
+    case 5:
+        s_mx_small(xr, n, 5, W, bias, r0, r1, y, t, &k);
+        break;
+    case 6:
+        s_mx_small(xr, n, 6, W, bias, r0, r1, y, t, &k);
+        break;
+    default:
+        s_mx_small(xr, n, 7, W, bias, r0, r1, y, t, &k);
+        break;
     }
 }
 
