@@ -21,7 +21,24 @@
  * supervisor restarts it). With no comm (world 1) the step is the single-shard
  * forward pass, bit for bit.
  *
- * Built only from ops.h calls, so a CUDA ops backend runs the same code.
+ * Built only from ops.h calls, so a CUDA ops backend runs the same code: activations,
+ * scratch, the step's inputs (token ids, RoPE rows, ops_tok_t arrays and a backend copy of
+ * the block tables) and the KV cache are backend memory (ops->alloc); the inputs are staged
+ * on the host and uploaded (ops->upload), the logits downloaded (ops->download). With a comm,
+ * the collectives run on those backend buffers, so the comm must be able to address backend
+ * memory: the shm comm with the CPU backend, NCCL with CUDA.
+ *
+ * Step graphs (only when ops->graph_launch is non-NULL; never on the CPU): a step in which
+ * every sequence is one decode token without all_logits, with world 1 and T <= 64 tokens,
+ * has key T. The first time a key is seen the step runs eagerly; the second time its ops are
+ * captured (graph_begin(T), the ops, graph_end(T)) and launched; afterwards the step only
+ * uploads its inputs, calls graph_launch(T) and downloads the logits. Such steps always use
+ * the same input and activation buffers (a set sized at engine_new for 64 tokens, whose
+ * packed block tables hold max_position_embeddings / block_size entries per table per token,
+ * and which is never reallocated; larger steps use a separate set), so a captured graph never
+ * points at freed memory. If graph_launch returns false for a captured key (the backend
+ * dropped its graphs), the step runs eagerly and the key is captured again next time; if it
+ * fails right after a capture, the key runs eagerly from then on.
  * Not here: sampling, scheduling, creating the comm. */
 #ifndef GPTOSS_ENGINE_H
 #define GPTOSS_ENGINE_H
@@ -62,10 +79,11 @@ typedef struct {
 } engine_seq_t;
 
 /* Creates an engine over bound weights w and backend ops (both borrowed; they
- * must outlive the engine), with its own KV cache. Caller frees (engine_free). */
+ * must outlive the engine), with its own KV cache and buffers in backend memory. Caller
+ * frees (engine_free). */
 int engine_new(const weights_t *w, const ops_t *ops, const engine_opts_t *opts, engine_t **out,
                gerr_t *err);
-/* Frees the engine and its KV cache; sets *e to NULL (safe on NULL). */
+/* Frees the engine, its buffers and its KV cache; sets *e to NULL (safe on NULL). */
 void engine_free(engine_t **e);
 /* The engine's KV cache (borrowed), for reserving blocks (kvcache_seq_reserve). */
 kvcache_t *engine_kv(engine_t *e);

@@ -7,12 +7,13 @@
 #include <string.h>
 
 struct kvcache {
+    const ops_t *ops; /* backend of the K/V memory (borrowed) */
     kvcache_opts_t o;
     int n_layers;
     int window;       /* sliding window (keys per query) */
     ops_kv_t *layers; /* [n_layers] */
-    void *full_mem;   /* all full-layer k and v arrays */
-    void *window_mem; /* all window-layer k and v arrays */
+    void *full_mem;   /* all full-layer k and v arrays (backend memory) */
+    void *window_mem; /* all window-layer k and v arrays (backend memory) */
     size_t bytes;
     kvalloc_t *alloc; /* block bookkeeping (the allocator the gateway uses too) */
 };
@@ -51,7 +52,7 @@ int kvcache_plan(const gptoss_config_t *cfg, int n_kv_heads, ops_kv_dtype_t dtyp
 }
 
 int kvcache_new(const gptoss_config_t *cfg, int n_kv_heads, const kvcache_opts_t *opts,
-                kvcache_t **out, gerr_t *err) {
+                const ops_t *ops, kvcache_t **out, gerr_t *err) {
     *out = NULL;
     if (opts->block_size < 1 || opts->n_full_blocks < 0 || opts->n_window_blocks < 0) {
         gerr_set(err, "KV cache: block_size and block counts must be positive");
@@ -59,6 +60,7 @@ int kvcache_new(const gptoss_config_t *cfg, int n_kv_heads, const kvcache_opts_t
     }
     kvcache_t *kv = calloc(1, sizeof *kv);
     if (!kv) goto nomem;
+    kv->ops = ops;
     kv->o = *opts;
     kv->n_layers = cfg->num_hidden_layers;
     kv->window = cfg->sliding_window;
@@ -72,8 +74,8 @@ int kvcache_new(const gptoss_config_t *cfg, int n_kv_heads, const kvcache_opts_t
     size_t win_total = win_arr * 2 * (size_t)n_sl;
     kv->layers = calloc((size_t)kv->n_layers, sizeof *kv->layers);
     if (!kv->layers) goto nomem;
-    if (full_total && !(kv->full_mem = calloc(1, full_total))) goto nomem;
-    if (win_total && !(kv->window_mem = calloc(1, win_total))) goto nomem;
+    if (full_total && !(kv->full_mem = ops->alloc(ops, full_total))) goto nomem;
+    if (win_total && !(kv->window_mem = ops->alloc(ops, win_total))) goto nomem;
     kv->bytes = full_total + win_total;
     char *fp = kv->full_mem, *wp = kv->window_mem;
     for (int l = 0; l < kv->n_layers; l++) {
@@ -108,8 +110,10 @@ void kvcache_free(kvcache_t **pkv) {
     if (!pkv || !*pkv) return;
     kvcache_t *kv = *pkv;
     free(kv->layers);
-    free(kv->full_mem);
-    free(kv->window_mem);
+    if (kv->ops) {
+        kv->ops->free_mem(kv->ops, kv->full_mem);
+        kv->ops->free_mem(kv->ops, kv->window_mem);
+    }
     kvalloc_free(&kv->alloc);
     free(kv);
     *pkv = NULL;

@@ -48,13 +48,16 @@ typedef struct {
 int kvcache_plan(const gptoss_config_t *cfg, int n_kv_heads, ops_kv_dtype_t dtype, int block_size,
                  size_t budget_bytes, int max_seqs, int max_chunk, kvcache_opts_t *opts,
                  gerr_t *err);
-/* Allocates a cache for cfg's layers (n_kv_heads held by this shard). Caller frees
- * with kvcache_free. Memory is reserved lazily by the OS (pages touched on use). */
+/* Allocates a cache for cfg's layers (n_kv_heads held by this shard) with its K/V arrays in
+ * backend memory from ops->alloc (zero-filled; on the CPU reserved lazily by the OS, pages
+ * touched on use). ops is borrowed and must outlive the cache. Block bookkeeping stays on
+ * the host. Caller frees with kvcache_free. */
 int kvcache_new(const gptoss_config_t *cfg, int n_kv_heads, const kvcache_opts_t *opts,
-                kvcache_t **out, gerr_t *err);
-/* Frees the cache, sets *kv to NULL (safe on NULL). */
+                const ops_t *ops, kvcache_t **out, gerr_t *err);
+/* Frees the cache (its backend memory through ops->free_mem), sets *kv to NULL (safe on
+ * NULL). */
 void kvcache_free(kvcache_t **kv);
-/* The cache of layer l (borrowed). */
+/* The cache of layer l (borrowed; k and v are backend memory). */
 const ops_kv_t *kvcache_layer(const kvcache_t *kv, int l);
 /* Block size. */
 int kvcache_block_size(const kvcache_t *kv);

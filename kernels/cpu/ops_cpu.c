@@ -8,11 +8,20 @@
  * they do). Threads split rows (matmuls) or (token, heads) tasks (attention), never
  * one reduction, so a token's result does not depend on the split (batch invariance,
  * cpu_kern.h); attention's online-softmax key chunks start at the query's first
- * visible position, a function of its absolute position only. */
+ * visible position, a function of its absolute position only.
+ *
+ * Memory: backend memory is host memory (alloc is a zero-filled, 64-byte aligned calloc, so
+ * big buffers such as the KV cache are reserved lazily by the OS; upload/download are
+ * memcpy). The moe op keeps its scratch (tokens grouped by expert, their rows and the
+ * gate_up/SwiGLU/down outputs) in the backend, grown to the largest call seen.
+ *
+ * Threads: one thread drives a backend (the calls of one ops_t must not overlap; the moe
+ * scratch is per backend). The pool's worker threads are internal. */
 #include "ops_cpu.h"
 
 #include <assert.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +42,9 @@ typedef struct {
     cpu_pool_t *pool;
     const cpu_kern_t *kern;
     char name[32];
+    /* moe scratch (s_moe_scratch), grown as needed; contents do not survive growth */
+    void *m_buf[8];
+    size_t m_cap[8];
 } s_cpu_t;
 
 static const s_cpu_t *s_cpu(const ops_t *o) {
@@ -363,6 +375,129 @@ static void s_axpy(const ops_t *o, float *x, float a, const float *y, size_t n) 
     s_cpu(o)->kern->axpy(x, a, y, (int)n);
 }
 
+/* ---- whole MoE layer ---------------------------------------------------------- */
+
+enum { S_M_XE, S_M_HE, S_M_AE, S_M_YE, S_M_ETOK, S_M_EWT, S_M_ECOUNT, S_M_ESTART };
+
+/* Scratch buffer slot of at least bytes (old contents lost on growth); aborts when out of
+ * memory, as ops have no error path. */
+static void *s_moe_scratch(s_cpu_t *c, int slot, size_t bytes) {
+    if (bytes > c->m_cap[slot]) {
+        free(c->m_buf[slot]);
+        c->m_buf[slot] = malloc(bytes);
+        if (!c->m_buf[slot]) {
+            fprintf(stderr, "cpu backend: out of memory for %zu bytes of MoE scratch\n", bytes);
+            abort();
+        }
+        c->m_cap[slot] = bytes;
+    }
+    return c->m_buf[slot];
+}
+
+/* Expert e's matrix of an ops_experts_t (as weights_expert in shardd/weights.c). */
+static ops_mxfp4_mat_t s_expert(const ops_experts_t *x, int e) {
+    ops_mxfp4_mat_t m = x->mat;
+    m.blocks += (size_t)e * x->blocks_estride;
+    m.scales += (size_t)e * x->scales_estride;
+    return m;
+}
+
+static const uint16_t *s_expert_bias(const ops_experts_t *x, int e) {
+    return x->bias ? x->bias + (size_t)e * x->bias_estride : NULL;
+}
+
+/* Groups the (token, weight) pairs by expert in token order (counting sort), then per expert
+ * in ascending index: gather its tokens' rows, gate_up (+bias), SwiGLU, down (+bias), and
+ * out[tok] += w * y with the axpy kernel, so each token sums its experts in ascending index
+ * whatever the other tokens are (batch invariance). */
+static void s_moe(const ops_t *o, const float *a, int T, const int32_t *idx, const float *w, int K,
+                  const ops_moe_t *m, float *out) {
+    s_cpu_t *c = o->impl;
+    const int H = m->gate_up.mat.cols, nu = m->gate_up.mat.rows / 2, E = m->n_experts;
+    if (T <= 0) return;
+    memset(out, 0, sizeof(float) * (size_t)T * H);
+    if (nu == 0) return; /* a shard past the last block: zeros */
+    assert(K >= 1 && K <= E && m->down.mat.rows == H && m->down.mat.cols == nu);
+    const size_t P = (size_t)T * K;
+    float *xe = s_moe_scratch(c, S_M_XE, sizeof(float) * (size_t)T * H);
+    float *he = s_moe_scratch(c, S_M_HE, sizeof(float) * (size_t)T * 2 * nu);
+    float *ae = s_moe_scratch(c, S_M_AE, sizeof(float) * (size_t)T * nu);
+    float *ye = s_moe_scratch(c, S_M_YE, sizeof(float) * (size_t)T * H);
+    int32_t *etok = s_moe_scratch(c, S_M_ETOK, sizeof(int32_t) * P);
+    float *ewt = s_moe_scratch(c, S_M_EWT, sizeof(float) * P);
+    int32_t *ecount = s_moe_scratch(c, S_M_ECOUNT, sizeof(int32_t) * (size_t)E);
+    int32_t *estart = s_moe_scratch(c, S_M_ESTART, sizeof(int32_t) * ((size_t)E + 1));
+    memset(ecount, 0, sizeof(int32_t) * (size_t)E);
+    for (size_t i = 0; i < P; i++) {
+        assert(idx[i] >= 0 && idx[i] < E);
+        ecount[idx[i]]++;
+    }
+    estart[0] = 0;
+    for (int x = 0; x < E; x++)
+        estart[x + 1] = estart[x] + ecount[x];
+    memset(ecount, 0, sizeof(int32_t) * (size_t)E);
+    for (size_t i = 0; i < P; i++) {
+        int x = idx[i], at = estart[x] + ecount[x]++;
+        etok[at] = (int32_t)(i / (size_t)K);
+        ewt[at] = w[i];
+    }
+    for (int x = 0; x < E; x++) {
+        const int n = estart[x + 1] - estart[x];
+        if (!n) continue;
+        const int32_t *tk = etok + estart[x];
+        const float *wt = ewt + estart[x];
+        for (int i = 0; i < n; i++)
+            memcpy(xe + (size_t)i * H, a + (size_t)tk[i] * H, sizeof(float) * (size_t)H);
+        const ops_mxfp4_mat_t gu = s_expert(&m->gate_up, x), dn = s_expert(&m->down, x);
+        s_matmul_mxfp4(o, xe, n, &gu, s_expert_bias(&m->gate_up, x), he);
+        s_swiglu(o, he, n, nu, m->alpha, m->limit, ae);
+        s_matmul_mxfp4(o, ae, n, &dn, s_expert_bias(&m->down, x), ye);
+        for (int i = 0; i < n; i++)
+            s_axpy(o, out + (size_t)tk[i] * H, wt[i], ye + (size_t)i * H, (size_t)H);
+    }
+}
+
+static void s_gather_rows(const ops_t *o, const float *src, const int32_t *rows, int R, int n,
+                          float *dst) {
+    (void)o;
+    for (int r = 0; r < R; r++)
+        memcpy(dst + (size_t)r * n, src + (size_t)rows[r] * n, sizeof(float) * (size_t)n);
+}
+
+/* ---- memory ------------------------------------------------------------------- */
+
+#define S_ALIGN 64
+
+/* calloc'd (zero pages come lazily from the OS for big blocks), aligned by hand; the
+ * pointer calloc returned sits just below the aligned one. */
+static void *s_alloc(const ops_t *o, size_t bytes) {
+    (void)o;
+    if (bytes > SIZE_MAX - S_ALIGN - sizeof(void *)) return NULL;
+    char *raw = calloc(1, bytes + S_ALIGN + sizeof(void *));
+    if (!raw) return NULL;
+    uintptr_t p = ((uintptr_t)raw + sizeof(void *) + S_ALIGN - 1) & ~(uintptr_t)(S_ALIGN - 1);
+    memcpy((char *)p - sizeof(void *), &raw, sizeof raw);
+    return (void *)p;
+}
+
+static void s_free_mem(const ops_t *o, void *p) {
+    (void)o;
+    if (!p) return;
+    void *raw;
+    memcpy(&raw, (char *)p - sizeof(void *), sizeof raw);
+    free(raw);
+}
+
+static void s_copy(const ops_t *o, void *dst, const void *src, size_t bytes) {
+    (void)o;
+    if (bytes) memcpy(dst, src, bytes);
+}
+
+static void s_zero(const ops_t *o, void *dst, size_t bytes) {
+    (void)o;
+    if (bytes) memset(dst, 0, bytes);
+}
+
 /* ---- construction ------------------------------------------------------------- */
 
 static const cpu_kern_t *s_pick(const char *isa, gerr_t *err) {
@@ -422,6 +557,14 @@ int ops_cpu_new(int n_threads, const char *isa, ops_t **out, gerr_t *err) {
         .swiglu = s_swiglu,
         .add = s_add,
         .axpy = s_axpy,
+        .moe = s_moe,
+        .gather_rows = s_gather_rows,
+        .alloc = s_alloc,
+        .free_mem = s_free_mem,
+        .upload = s_copy,
+        .download = s_copy,
+        .zero = s_zero,
+        /* graph_begin / graph_end / graph_launch: none on the CPU (NULL) */
     };
     *out = &c->ops;
     return 0;
@@ -431,6 +574,8 @@ void ops_cpu_free(ops_t **o) {
     if (!o || !*o) return;
     s_cpu_t *c = (s_cpu_t *)*o;
     cpu_pool_free(&c->pool);
+    for (size_t i = 0; i < sizeof c->m_buf / sizeof *c->m_buf; i++)
+        free(c->m_buf[i]);
     free(c);
     *o = NULL;
 }

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "cpu/ops_cpu.h"
 #include "gw.h"
 #include "kvalloc.h"
 #include "kvcache.h"
@@ -39,9 +40,17 @@ static void test_kvalloc_twin(void) {
         .dtype = OPS_KV_F32, .block_size = 4, .n_full_blocks = 40, .n_window_blocks = 30};
     kvcache_t *kv = NULL;
     kvalloc_t *ka = NULL;
-    CHECK(kvcache_new(&cfg, cfg.num_key_value_heads, &ko, &kv, &err) == 0);
+    ops_t *ops = NULL;
+    CHECK(ops_cpu_new(1, NULL, &ops, &err) == 0);
+    if (!ops) return;
+    CHECK(kvcache_new(&cfg, cfg.num_key_value_heads, &ko, ops, &kv, &err) == 0);
     CHECK(kvalloc_new(4, 40, 30, cfg.sliding_window, &ka, &err) == 0);
-    if (!kv || !ka) return;
+    if (!kv || !ka) {
+        kvcache_free(&kv);
+        kvalloc_free(&ka);
+        ops_cpu_free(&ops);
+        return;
+    }
     CHECK(kvalloc_total(ka) == 70 && kvalloc_used(ka) == 0);
     enum { NS = 5 };
     kvcache_seq_t a[NS] = {0}, b[NS] = {0};
@@ -102,6 +111,7 @@ static void test_kvalloc_twin(void) {
     kvcache_free(&kv);
     kvalloc_free(&ka);
     kvalloc_free(&ka);
+    ops_cpu_free(&ops);
 }
 
 /* ------------------------------------------------------------------ fixtures */
