@@ -231,8 +231,8 @@ void cuda_op_attention(const ops_t *o, const float *q, int T, int n_heads, const
                        out,
                        NULL};
     if (n_splits > 1)
-        a.part =
-            (float *)cuda_scratch(c, (size_t)T * n_heads * n_splits * AT_PSTRIDE * sizeof(float));
+        a.part = (float *)cuda_scratch(c, CUDA_SCRATCH_ATTN,
+                                       (size_t)T * n_heads * n_splits * AT_PSTRIDE * sizeof(float));
     dim3 grid(n_splits, kv->n_kv_heads, tiles);
     if (kv->dtype == OPS_KV_F32)
         k_attn<float><<<grid, AT_WARPS * 32, 0, c->stream>>>(a);

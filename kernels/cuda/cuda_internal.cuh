@@ -12,18 +12,25 @@
 
 #include "ops_cuda.h"
 
+/* Graph slots: the OPS_CUDA_GRAPH_MAX buckets of ops_cuda_graph_*, then one per key 1 ..
+ * OPS_CUDA_GRAPH_KEYS of the ops_t graph hooks (key k -> slot OPS_CUDA_GRAPH_MAX + k - 1). */
+#define CUDA_GRAPH_SLOTS (OPS_CUDA_GRAPH_MAX + OPS_CUDA_GRAPH_KEYS)
+
+/* Scratch slots: each op family has its own buffer, so one cannot shrink another's. */
+enum { CUDA_SCRATCH_ATTN = 0, CUDA_SCRATCH_MOE = 1, CUDA_SCRATCH_N = 2 };
+
 /* Backend state; ops must be first (ops_t * <-> cuda_state_t *). */
 typedef struct {
     ops_t ops;
-    int device;                                 /* CUDA ordinal */
-    int n_sm;                                   /* streaming multiprocessors */
-    cudaStream_t stream;                        /* every op is queued here */
-    void *scratch;                              /* split-K partials of attention */
-    size_t scratch_bytes;                       /* size of scratch */
-    bool capturing;                             /* inside ops_cuda_graph_begin/end */
-    int capture_bucket;                         /* bucket being captured, or -1 */
-    cudaGraphExec_t graphs[OPS_CUDA_GRAPH_MAX]; /* executable graph per bucket, or NULL */
-    char name[96];                              /* "cuda:0 NVIDIA H100 (sm_90)" */
+    int device;                               /* CUDA ordinal */
+    int n_sm;                                 /* streaming multiprocessors */
+    cudaStream_t stream;                      /* every op is queued here */
+    void *scratch[CUDA_SCRATCH_N];            /* attention split-K partials; MoE routing + rows */
+    size_t scratch_bytes[CUDA_SCRATCH_N];     /* size of each */
+    bool capturing;                           /* inside a graph begin/end */
+    int capture_slot;                         /* graph slot being captured, or -1 */
+    cudaGraphExec_t graphs[CUDA_GRAPH_SLOTS]; /* executable graph per slot, or NULL */
+    char name[96];                            /* "cuda:0 NVIDIA H100 (sm_90)" */
 } cuda_state_t;
 
 /* The state behind o (the ops are const at the interface; scratch and graphs are mutable). */
@@ -45,9 +52,10 @@ static inline cuda_state_t *cuda_state(const ops_t *o) {
 /* Checks the launch just queued (bad configuration, missing kernel image). */
 #define CUDA_CHECK_LAUNCH(what) CUDA_CHECK(cudaGetLastError())
 
-/* Device scratch of at least `bytes` (grown, and stored graphs dropped, when needed; fatal if it
- * would have to grow during a graph capture). Owned by the backend. */
-void *cuda_scratch(cuda_state_t *c, size_t bytes);
+/* Device scratch slot `slot` (CUDA_SCRATCH_*) of at least `bytes` (grown, and stored graphs
+ * dropped, when needed; fatal if it would have to grow during a graph capture). Owned by the
+ * backend; contents are not kept across calls. */
+void *cuda_scratch(cuda_state_t *c, int slot, size_t bytes);
 
 /* ---- device helpers --------------------------------------------------------------------- */
 
@@ -110,5 +118,9 @@ void cuda_op_swiglu(const ops_t *o, const float *h, int T, int I, float alpha, f
                     float *out);
 void cuda_op_add(const ops_t *o, float *x, const float *y, size_t n);
 void cuda_op_axpy(const ops_t *o, float *x, float a, const float *y, size_t n);
+void cuda_op_moe(const ops_t *o, const float *a, int T, const int32_t *idx, const float *w, int K,
+                 const ops_moe_t *m, float *out);
+void cuda_op_gather_rows(const ops_t *o, const float *src, const int32_t *rows, int R, int n,
+                         float *dst);
 
 #endif

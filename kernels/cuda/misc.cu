@@ -1,5 +1,5 @@
 /* misc: the small ops of the CUDA backend - embed, rmsnorm, rope, kv_write, router_topk,
- * swiglu, add, axpy.
+ * swiglu, add, axpy, gather_rows.
  *
  * All fp32, memory-bound, one launch each; they follow the CPU reference (kernels/cpu/ops_cpu.c)
  * operation by operation so that results agree to float rounding (rmsnorm sums in fp32 by a tree
@@ -204,4 +204,27 @@ void cuda_op_axpy(const ops_t *o, float *x, float a, const float *y, size_t n) {
     if (!n) return;
     k_axpy<<<s_blocks(n, S_THREADS), S_THREADS, 0, cuda_state(o)->stream>>>(x, a, y, n);
     CUDA_CHECK_LAUNCH("k_axpy");
+}
+
+/* ---- gather_rows ------------------------------------------------------------------------- */
+
+/* One block per output row; float4 copies when both rows are 16-byte aligned. */
+__global__ void k_gather_rows(const float *src, const int32_t *rows, int n, float *dst) {
+    const int r = blockIdx.x;
+    const float *s = src + (size_t)rows[r] * n;
+    float *d = dst + (size_t)r * n;
+    if (n % 4 == 0 && ((uintptr_t)s | (uintptr_t)d) % 16 == 0) {
+        for (int i = threadIdx.x; i < n / 4; i += blockDim.x)
+            ((float4 *)d)[i] = ((const float4 *)s)[i];
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x)
+            d[i] = s[i];
+    }
+}
+
+void cuda_op_gather_rows(const ops_t *o, const float *src, const int32_t *rows, int R, int n,
+                         float *dst) {
+    if (R <= 0 || n <= 0) return;
+    k_gather_rows<<<R, S_THREADS, 0, cuda_state(o)->stream>>>(src, rows, n, dst);
+    CUDA_CHECK_LAUNCH("k_gather_rows");
 }

@@ -1,8 +1,9 @@
 /* ops_cuda: construction of the CUDA backend, its memory helpers and CUDA-graph capture.
  *
- * Holds no kernels: the ops live in misc.cu (elementwise, norms, rope, KV writes, router),
- * matmul.cu, attention.cu and sample.cu; this file wires them into the ops_t table and owns the
- * stream, the scratch buffer and the per-bucket graphs. Not here: weight loading or KV block
+ * Holds no kernels: the ops live in misc.cu (elementwise, norms, rope, KV writes, router,
+ * gather_rows), matmul.cu, moe.cu, attention.cu and sample.cu; this file wires them into the ops_t
+ * table (with the memory members and the graph hooks) and owns the stream, the scratch buffers
+ * and the graphs (per bucket and per key). Not here: weight loading or KV block
  * allocation (the engine's job; it uses ops_cuda_alloc/upload). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,12 @@ int ops_cuda_device_count(void) {
     return n;
 }
 
+static void *s_op_alloc(const ops_t *o, size_t bytes);
+static void s_op_zero(const ops_t *o, void *dst, size_t bytes);
+static void s_op_graph_begin(const ops_t *o, int key);
+static void s_op_graph_end(const ops_t *o, int key);
+static bool s_op_graph_launch(const ops_t *o, int key);
+
 ops_t *ops_cuda_new(int device, gerr_t *err) {
     int n = ops_cuda_device_count();
     if (device < 0 || device >= n) {
@@ -56,7 +63,7 @@ ops_t *ops_cuda_new(int device, gerr_t *err) {
     }
     c->device = device;
     c->n_sm = prop.multiProcessorCount;
-    c->capture_bucket = -1;
+    c->capture_slot = -1;
     CUDA_CHECK(cudaSetDevice(device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     snprintf(c->name, sizeof c->name, "cuda:%d %.60s (sm_%d%d)", device, prop.name, prop.major,
@@ -75,12 +82,22 @@ ops_t *ops_cuda_new(int device, gerr_t *err) {
     o->swiglu = cuda_op_swiglu;
     o->add = cuda_op_add;
     o->axpy = cuda_op_axpy;
+    o->moe = cuda_op_moe;
+    o->gather_rows = cuda_op_gather_rows;
+    o->alloc = s_op_alloc;
+    o->free_mem = ops_cuda_free_mem;
+    o->upload = ops_cuda_upload;
+    o->download = ops_cuda_download;
+    o->zero = s_op_zero;
+    o->graph_begin = s_op_graph_begin;
+    o->graph_end = s_op_graph_end;
+    o->graph_launch = s_op_graph_launch;
     return o;
 }
 
 void ops_cuda_graph_reset(ops_t *o) {
     cuda_state_t *c = cuda_state(o);
-    for (int i = 0; i < OPS_CUDA_GRAPH_MAX; i++) {
+    for (int i = 0; i < CUDA_GRAPH_SLOTS; i++) {
         if (c->graphs[i]) CUDA_CHECK(cudaGraphExecDestroy(c->graphs[i]));
         c->graphs[i] = NULL;
     }
@@ -92,7 +109,8 @@ void ops_cuda_free(ops_t **o) {
     CUDA_CHECK(cudaSetDevice(c->device));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     ops_cuda_graph_reset(*o);
-    if (c->scratch) CUDA_CHECK(cudaFree(c->scratch));
+    for (int i = 0; i < CUDA_SCRATCH_N; i++)
+        if (c->scratch[i]) CUDA_CHECK(cudaFree(c->scratch[i]));
     CUDA_CHECK(cudaStreamDestroy(c->stream));
     free(c);
     *o = NULL;
@@ -117,6 +135,23 @@ void *ops_cuda_alloc(const ops_t *o, size_t bytes, gerr_t *err) {
     }
     CUDA_CHECK(e);
     return p;
+}
+
+/* ops_t alloc: zero-filled device memory, NULL (with the reason logged) when out of memory. */
+static void *s_op_alloc(const ops_t *o, size_t bytes) {
+    gerr_t err = {{0}};
+    void *p = ops_cuda_alloc(o, bytes, &err);
+    if (!p) {
+        log_msg(LOG_LEVEL_ERROR, "cuda", "%s", err.msg);
+        return NULL;
+    }
+    CUDA_CHECK(cudaMemset(p, 0, bytes ? bytes : 1));
+    return p;
+}
+
+/* ops_t zero: queued on the stream (capturable). */
+static void s_op_zero(const ops_t *o, void *dst, size_t bytes) {
+    if (bytes) CUDA_CHECK(cudaMemsetAsync(dst, 0, bytes, cuda_state(o)->stream));
 }
 
 void ops_cuda_free_mem(const ops_t *o, void *p) {
@@ -153,8 +188,8 @@ void *ops_cuda_stream(const ops_t *o) {
     return (void *)cuda_state(o)->stream;
 }
 
-void *cuda_scratch(cuda_state_t *c, size_t bytes) {
-    if (bytes <= c->scratch_bytes) return c->scratch;
+void *cuda_scratch(cuda_state_t *c, int slot, size_t bytes) {
+    if (bytes <= c->scratch_bytes[slot]) return c->scratch[slot];
     if (c->capturing)
         cuda_die(__FILE__, __LINE__, "cuda_scratch (grow during graph capture)",
                  "run the step once outside a capture so that scratch is sized first");
@@ -162,13 +197,13 @@ void *cuda_scratch(cuda_state_t *c, size_t bytes) {
      * captured the old pointer must not replay. */
     size_t want = bytes + bytes / 2;
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
-    if (c->scratch) CUDA_CHECK(cudaFree(c->scratch));
-    c->scratch = NULL;
-    c->scratch_bytes = 0;
-    CUDA_CHECK(cudaMalloc(&c->scratch, want));
-    c->scratch_bytes = want;
+    if (c->scratch[slot]) CUDA_CHECK(cudaFree(c->scratch[slot]));
+    c->scratch[slot] = NULL;
+    c->scratch_bytes[slot] = 0;
+    CUDA_CHECK(cudaMalloc(&c->scratch[slot], want));
+    c->scratch_bytes[slot] = want;
     ops_cuda_graph_reset(&c->ops);
-    return c->scratch;
+    return c->scratch[slot];
 }
 
 /* ---- graphs ------------------------------------------------------------------------------ */
@@ -180,42 +215,77 @@ int ops_cuda_graph_bucket(int tokens) {
     return b;
 }
 
-void ops_cuda_graph_begin(ops_t *o, int bucket) {
-    cuda_state_t *c = cuda_state(o);
-    if (bucket < 0 || bucket >= OPS_CUDA_GRAPH_MAX || c->capturing)
-        cuda_die(__FILE__, __LINE__, "ops_cuda_graph_begin", "bad bucket or nested capture");
+/* Starts capturing o's stream into graph slot `slot`. */
+static void s_graph_begin(cuda_state_t *c, int slot) {
+    if (slot < 0 || slot >= CUDA_GRAPH_SLOTS || c->capturing)
+        cuda_die(__FILE__, __LINE__, "graph_begin", "bad bucket/key or nested capture");
     /* ThreadLocal: only this thread's unsafe calls (cudaMalloc, sync) break the capture. */
     CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
     c->capturing = true;
-    c->capture_bucket = bucket;
+    c->capture_slot = slot;
 }
 
-void ops_cuda_graph_end(ops_t *o, int bucket) {
-    cuda_state_t *c = cuda_state(o);
-    if (!c->capturing || c->capture_bucket != bucket)
-        cuda_die(__FILE__, __LINE__, "ops_cuda_graph_end", "no capture open for this bucket");
+/* Ends the capture of slot and instantiates it (in place when the topology is unchanged). */
+static void s_graph_end(cuda_state_t *c, int slot) {
+    if (!c->capturing || c->capture_slot != slot)
+        cuda_die(__FILE__, __LINE__, "graph_end", "no capture open for this bucket/key");
     cudaGraph_t g = NULL;
     CUDA_CHECK(cudaStreamEndCapture(c->stream, &g));
     c->capturing = false;
-    c->capture_bucket = -1;
+    c->capture_slot = -1;
     bool updated = false;
-    if (c->graphs[bucket]) {
+    if (c->graphs[slot]) {
         cudaGraphExecUpdateResultInfo info;
-        if (cudaGraphExecUpdate(c->graphs[bucket], g, &info) == cudaSuccess)
+        if (cudaGraphExecUpdate(c->graphs[slot], g, &info) == cudaSuccess)
             updated = true;
         else {
             (void)cudaGetLastError();
-            CUDA_CHECK(cudaGraphExecDestroy(c->graphs[bucket]));
-            c->graphs[bucket] = NULL;
+            CUDA_CHECK(cudaGraphExecDestroy(c->graphs[slot]));
+            c->graphs[slot] = NULL;
         }
     }
-    if (!updated) CUDA_CHECK(cudaGraphInstantiate(&c->graphs[bucket], g, 0));
+    if (!updated) CUDA_CHECK(cudaGraphInstantiate(&c->graphs[slot], g, 0));
     CUDA_CHECK(cudaGraphDestroy(g));
 }
 
-bool ops_cuda_graph_launch(const ops_t *o, int bucket) {
-    cuda_state_t *c = cuda_state(o);
-    if (bucket < 0 || bucket >= OPS_CUDA_GRAPH_MAX || !c->graphs[bucket]) return false;
-    CUDA_CHECK(cudaGraphLaunch(c->graphs[bucket], c->stream));
+/* Launches slot's graph; false when none is stored. */
+static bool s_graph_launch(cuda_state_t *c, int slot) {
+    if (slot < 0 || slot >= CUDA_GRAPH_SLOTS || !c->graphs[slot]) return false;
+    CUDA_CHECK(cudaGraphLaunch(c->graphs[slot], c->stream));
     return true;
+}
+
+void ops_cuda_graph_begin(ops_t *o, int bucket) {
+    if (bucket < 0 || bucket >= OPS_CUDA_GRAPH_MAX)
+        cuda_die(__FILE__, __LINE__, "ops_cuda_graph_begin", "bad bucket");
+    s_graph_begin(cuda_state(o), bucket);
+}
+
+void ops_cuda_graph_end(ops_t *o, int bucket) {
+    s_graph_end(cuda_state(o), bucket);
+}
+
+bool ops_cuda_graph_launch(const ops_t *o, int bucket) {
+    if (bucket < 0 || bucket >= OPS_CUDA_GRAPH_MAX) return false;
+    return s_graph_launch(cuda_state(o), bucket);
+}
+
+/* Graph slot of an ops_t key (1..OPS_CUDA_GRAPH_KEYS), or -1. */
+static int s_key_slot(int key) {
+    return key >= 1 && key <= OPS_CUDA_GRAPH_KEYS ? OPS_CUDA_GRAPH_MAX + key - 1 : -1;
+}
+
+static void s_op_graph_begin(const ops_t *o, int key) {
+    if (s_key_slot(key) < 0)
+        cuda_die(__FILE__, __LINE__, "graph_begin",
+                 "key outside 1..OPS_CUDA_GRAPH_KEYS (run that step eagerly)");
+    s_graph_begin(cuda_state(o), s_key_slot(key));
+}
+
+static void s_op_graph_end(const ops_t *o, int key) {
+    s_graph_end(cuda_state(o), s_key_slot(key));
+}
+
+static bool s_op_graph_launch(const ops_t *o, int key) {
+    return s_key_slot(key) >= 0 && s_graph_launch(cuda_state(o), s_key_slot(key));
 }

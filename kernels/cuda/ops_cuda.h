@@ -32,10 +32,12 @@ extern "C" {
 #include "gerr.h"
 #include "ops.h"
 
-#define OPS_CUDA_GRAPH_MAX      16 /* graph buckets per backend (see ops_cuda_graph_bucket) */
-#define OPS_CUDA_SAMPLE_MAX_K   64 /* largest top_k the GPU sampler handles */
-#define OPS_CUDA_ATTN_MAX_D     64 /* largest head_dim of the attention kernels */
-#define OPS_CUDA_ATTN_MAX_GROUP 64 /* largest n_heads / n_kv_heads */
+#define OPS_CUDA_GRAPH_MAX      16   /* graph buckets per backend (see ops_cuda_graph_bucket) */
+#define OPS_CUDA_GRAPH_KEYS     64   /* keys 1..64 of the ops_t graph hooks, one graph each */
+#define OPS_CUDA_MOE_MAX_E      1024 /* most experts the moe op routes */
+#define OPS_CUDA_SAMPLE_MAX_K   64   /* largest top_k the GPU sampler handles */
+#define OPS_CUDA_ATTN_MAX_D     64   /* largest head_dim of the attention kernels */
+#define OPS_CUDA_ATTN_MAX_GROUP 64   /* largest n_heads / n_kv_heads */
 
 /* Number of CUDA devices usable by this process; 0 when there is none or no driver. */
 int ops_cuda_device_count(void);
@@ -47,6 +49,10 @@ ops_t *ops_cuda_new(int device, gerr_t *err);
 /* Waits for queued work, frees graphs, scratch and the stream, frees the backend and sets *o to
  * NULL (safe on NULL). Memory from ops_cuda_alloc is NOT freed (the caller owns it). */
 void ops_cuda_free(ops_t **o);
+
+/* The ops_t memory members (ops.h) are these: alloc = ops_cuda_alloc then a zero fill (NULL and a
+ * logged message when out of memory), free_mem, upload, download, zero = an async memset on the
+ * stream. */
 
 /* Allocates `bytes` of device memory (256-byte aligned) on o's device. Returns NULL with a
  * message in err when the device is out of memory. Caller owns it (ops_cuda_free_mem). */
@@ -87,8 +93,13 @@ void ops_cuda_graph_begin(ops_t *o, int bucket);
 void ops_cuda_graph_end(ops_t *o, int bucket);
 /* Launches bucket's graph on o's stream; false (and nothing queued) if none is stored. */
 bool ops_cuda_graph_launch(const ops_t *o, int bucket);
-/* Drops every stored graph (e.g. after the caller reallocates the buffers they captured). */
+/* Drops every stored graph, buckets and keys (e.g. after the caller reallocates the buffers they
+ * captured). */
 void ops_cuda_graph_reset(ops_t *o);
+/* The ops_t graph hooks (ops.h graph_begin/end/launch) use keys 1..OPS_CUDA_GRAPH_KEYS (the
+ * engine's token count of a decode step), each with its own graph, stored beside the buckets
+ * above and under the same rules. For a key outside that range graph_launch returns false and
+ * graph_begin/graph_end are fatal (misuse: the caller must run such a step eagerly). */
 
 /* Sampling parameters of one logits row, in device memory (the same meaning as
  * shardd/sampling.h's sampling_params_t, restricted to what the GPU sampler supports). */

@@ -10,9 +10,17 @@
  * 8 kv heads of 64) and odd token counts (1, 3, 17, 64), misaligned strides and pointers, the
  * tiny test model's head_dim 16, fp32 and bf16 KV caches, windows and sinks.
  *
+ * The MoE op (moe.cu) is checked against a reference made of the CPU backend's single ops (per
+ * token, its experts in ascending index) and, when the CPU backend has it, the CPU moe op: the
+ * gpt-oss-20b expert shape at T = 1, 3, 17, 64 with an expert that gets no token and one that
+ * gets every token, and a small shape with a strided down slice and 130 tokens on one expert
+ * (several MMA tiles); bound 1e-2 (bf16 activations in both matmuls). Also gather_rows (exact),
+ * the memory members of ops_t, and the moe op captured with the ops_t graph hooks and replayed
+ * on new routing.
+ *
  * Without a CUDA device it prints "test_cuda_ops: skipped (no CUDA device)" and exits 77, which
- * ctest reports as skipped (SKIP_RETURN_CODE). Not here: the whole forward pass on the GPU (the
- * engine has no device backend yet). */
+ * ctest reports as skipped (SKIP_RETURN_CODE). Not here: the whole forward pass on the GPU
+ * (tests/cuda/test_cuda_engine.c). */
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -28,6 +36,15 @@
 #include "tcheck.h"
 
 static ops_t *g_cpu, *g_gpu;
+
+/* Expert e's matrix of a set (the same as shardd/weights.c's weights_expert, which this test does
+ * not link). */
+static ops_mxfp4_mat_t weights_expert_like(const ops_experts_t *x, int e) {
+    ops_mxfp4_mat_t m = x->mat;
+    m.blocks += (size_t)e * x->blocks_estride;
+    m.scales += (size_t)e * x->scales_estride;
+    return m;
+}
 
 /* ---- random data --------------------------------------------------------------------------- */
 
@@ -577,6 +594,241 @@ static void s_test_sampling(void) {
     s_free(dlg), s_free(dsp), s_free(dam), s_free(dsm);
 }
 
+/* ---- memory members, gather_rows, moe ------------------------------------------------------ */
+
+static void s_test_memory(void) {
+    printf("alloc, upload, download, zero, gather_rows\n");
+    const size_t n = 1003;
+    uint8_t *d = g_gpu->alloc(g_gpu, n), *h = malloc(n), *pat = malloc(n);
+    CHECK(d != NULL);
+    g_gpu->download(g_gpu, h, d, n);
+    size_t nz = 0;
+    for (size_t i = 0; i < n; i++)
+        nz += h[i] != 0;
+    CHECK_MSG(nz == 0, "alloc: %zu of %zu bytes not zero", nz, n);
+    for (size_t i = 0; i < n; i++)
+        pat[i] = (uint8_t)(i * 7 + 1);
+    g_gpu->upload(g_gpu, d, pat, n);
+    g_gpu->zero(g_gpu, d + 100, 300);
+    g_gpu->download(g_gpu, h, d, n);
+    for (size_t i = 100; i < 400; i++)
+        pat[i] = 0;
+    CHECK_MSG(memcmp(h, pat, n) == 0, "upload/zero/download round trip differs");
+    printf("  %-58s %s\n", "alloc zero-filled, upload, zero, download",
+           nz == 0 && memcmp(h, pat, n) == 0 ? "exact" : "DIFFERS");
+    g_gpu->free_mem(g_gpu, d);
+    g_gpu->free_mem(g_gpu, NULL);
+    free(h), free(pat);
+
+    const int ns[] = {2880, 77}, R = 37, S = 50;
+    for (int k = 0; k < 2; k++) {
+        const int w = ns[k];
+        float *src = s_f32_rand((size_t)S * w, 1.0f), *want = malloc((size_t)R * w * 4);
+        int32_t *rows = malloc(R * sizeof *rows);
+        for (int r = 0; r < R; r++)
+            rows[r] = (int32_t)(s_next() % S);
+        float *dsrc = s_dev(src, (size_t)S * w * 4), *ddst = s_poisoned((size_t)R * w * 4);
+        int32_t *drows = s_dev(rows, R * sizeof *rows);
+        for (int r = 0; r < R; r++)
+            memcpy(want + (size_t)r * w, src + (size_t)rows[r] * w, (size_t)w * 4);
+        g_gpu->gather_rows(g_gpu, dsrc, drows, R, w, ddst);
+        float *got = s_get(ddst, (size_t)R * w * 4);
+        char what[96];
+        snprintf(what, sizeof what, "gather_rows %d of %d rows x %d", R, S, w);
+        s_cmp(what, got, want, (size_t)R * w, 0.0);
+        free(src), free(want), free(rows), free(got);
+        s_free(dsrc), s_free(ddst), s_free(drows);
+    }
+}
+
+/* One MoE layer's experts on both sides (host and device copies of the same bytes). */
+typedef struct {
+    int E, H, nu;
+    ops_moe_t hm, dm; /* host / device views */
+    void *dev[6];     /* device buffers */
+    void *host[6];    /* host buffers */
+} s_moe_w_t;
+
+/* Experts [E][rows][bstride] / [E][rows][sstride] (strides may exceed the row: a TP slice) with
+ * an optional bias; host copies into host[i..i+2], device into dev[i..i+2]. */
+static void s_moe_set(s_moe_w_t *m, int i, ops_experts_t *hx, ops_experts_t *dx, int rows, int cols,
+                      size_t bstride, size_t sstride, bool bias) {
+    const size_t nb = (size_t)m->E * rows * bstride, ns = (size_t)m->E * rows * sstride;
+    uint8_t *blk = malloc(nb), *sc = malloc(ns);
+    for (size_t j = 0; j < nb; j++)
+        blk[j] = (uint8_t)s_next();
+    for (size_t j = 0; j < ns; j++)
+        sc[j] = (uint8_t)(117 + s_next() % 6); /* 2^-10 .. 2^-5: keep the SwiGLU input moderate */
+    uint16_t *b = bias ? s_bf16_rand((size_t)m->E * rows, 0.5f) : NULL;
+    m->host[i] = blk, m->host[i + 1] = sc, m->host[i + 2] = b;
+    m->dev[i] = s_dev(blk, nb), m->dev[i + 1] = s_dev(sc, ns);
+    m->dev[i + 2] = b ? s_dev(b, (size_t)m->E * rows * 2) : NULL;
+    *hx = (ops_experts_t){.mat = {.blocks = blk,
+                                  .scales = sc,
+                                  .blocks_stride = bstride,
+                                  .scales_stride = sstride,
+                                  .rows = rows,
+                                  .cols = cols},
+                          .blocks_estride = (size_t)rows * bstride,
+                          .scales_estride = (size_t)rows * sstride,
+                          .bias = b,
+                          .bias_estride = (size_t)rows};
+    *dx = *hx;
+    dx->mat.blocks = m->dev[i], dx->mat.scales = m->dev[i + 1], dx->bias = m->dev[i + 2];
+}
+
+static void s_moe_new(s_moe_w_t *m, int E, int H, int nu, int down_pad_blocks, bool down_bias) {
+    memset(m, 0, sizeof *m);
+    m->E = E, m->H = H, m->nu = nu;
+    s_moe_set(m, 0, &m->hm.gate_up, &m->dm.gate_up, 2 * nu, H, (size_t)H / 2, (size_t)H / 32, true);
+    const int dc = nu + 32 * down_pad_blocks; /* full row of which this view takes nu columns */
+    s_moe_set(m, 3, &m->hm.down, &m->dm.down, H, nu, (size_t)dc / 2, (size_t)dc / 32, down_bias);
+    m->hm.n_experts = m->dm.n_experts = E;
+    m->hm.alpha = m->dm.alpha = 1.702f;
+    m->hm.limit = m->dm.limit = 7.0f;
+}
+
+static void s_moe_free(s_moe_w_t *m) {
+    for (int i = 0; i < 6; i++)
+        free(m->host[i]), s_free(m->dev[i]);
+}
+
+/* The reference from the CPU's single ops: per token, its experts in ascending index, each
+ * y = down(swiglu(gate_up(a) + b)) + b, out += w * y. */
+static void s_moe_ref(const s_moe_w_t *m, const float *a, int T, const int32_t *idx, const float *w,
+                      int K, float *out) {
+    const int H = m->H, nu = m->nu;
+    float *h = malloc((size_t)2 * nu * 4), *act = malloc((size_t)nu * 4),
+          *y = malloc((size_t)H * 4);
+    for (int t = 0; t < T; t++) {
+        float *o = out + (size_t)t * H;
+        memset(o, 0, (size_t)H * 4);
+        for (int e = 0; e < m->E; e++) {
+            int j = 0;
+            while (j < K && idx[t * K + j] != e)
+                j++;
+            if (j == K) continue;
+            ops_mxfp4_mat_t gu = weights_expert_like(&m->hm.gate_up, e);
+            ops_mxfp4_mat_t dn = weights_expert_like(&m->hm.down, e);
+            const uint16_t *gb =
+                m->hm.gate_up.bias ? m->hm.gate_up.bias + (size_t)e * 2 * nu : NULL;
+            const uint16_t *db = m->hm.down.bias ? m->hm.down.bias + (size_t)e * H : NULL;
+            g_cpu->matmul_mxfp4(g_cpu, a + (size_t)t * H, 1, &gu, gb, h);
+            g_cpu->swiglu(g_cpu, h, 1, nu, m->hm.alpha, m->hm.limit, act);
+            g_cpu->matmul_mxfp4(g_cpu, act, 1, &dn, db, y);
+            g_cpu->axpy(g_cpu, o, w[t * K + j], y, (size_t)H);
+        }
+    }
+    free(h), free(act), free(y);
+}
+
+/* Router outputs for T tokens: K distinct experts per token (never `skip`; `hot` >= 0 is in
+ * every token), weights softmax-like positive, descending. */
+static void s_route(int T, int E, int K, int skip, int hot, int32_t *idx, float *w) {
+    for (int t = 0; t < T; t++) {
+        for (int j = 0; j < K; j++) {
+            int e;
+            bool dup;
+            do {
+                e = j == 0 && hot >= 0 ? hot : (int)(s_next() % (uint32_t)E);
+                dup = e == skip;
+                for (int i = 0; i < j; i++)
+                    dup |= idx[t * K + i] == e;
+            } while (dup);
+            idx[t * K + j] = e;
+        }
+        float sum = 0.0f, v[64];
+        for (int j = 0; j < K; j++)
+            sum += v[j] = 1.0f / (float)(j + 1) + 0.1f * (s_unif() + 1.0f);
+        for (int j = 0; j < K; j++)
+            w[t * K + j] = v[j] / sum;
+    }
+}
+
+static void s_test_moe_case(const s_moe_w_t *m, int T, int K, int skip, int hot, const char *what) {
+    const int H = m->H;
+    const size_t na = (size_t)T * H;
+    float *a = s_f32_rand(na, 1.0f), *want = malloc(na * 4), *want2 = malloc(na * 4);
+    int32_t *idx = malloc((size_t)T * K * 4);
+    float *w = malloc((size_t)T * K * 4);
+    s_route(T, m->E, K, skip, hot, idx, w);
+    float *da = s_dev(a, na * 4), *dw = s_dev(w, (size_t)T * K * 4), *dout = s_poisoned(na * 4);
+    int32_t *didx = s_dev(idx, (size_t)T * K * 4);
+    s_moe_ref(m, a, T, idx, w, K, want);
+    g_gpu->moe(g_gpu, da, T, didx, dw, K, &m->dm, dout);
+    float *got = s_get(dout, na * 4);
+    char buf[160];
+    snprintf(buf, sizeof buf, "moe %s T=%d vs single CPU ops", what, T);
+    s_cmp(buf, got, want, na, 1e-2);
+    if (g_cpu->moe) { /* and against the CPU backend's own moe op */
+        g_cpu->moe(g_cpu, a, T, idx, w, K, &m->hm, want2);
+        snprintf(buf, sizeof buf, "moe %s T=%d vs CPU moe", what, T);
+        s_cmp(buf, got, want2, na, 1e-2);
+    }
+    free(a), free(want), free(want2), free(idx), free(w), free(got);
+    s_free(da), s_free(dw), s_free(dout), s_free(didx);
+}
+
+static void s_test_moe(void) {
+    printf("moe\n");
+    s_moe_w_t m;
+    /* gpt-oss-20b's shape: 32 experts, hidden 2880, 2880 units, top-4; expert 5 never routed */
+    s_moe_new(&m, 32, 2880, 2880, 0, true);
+    const int Ts[] = {1, 3, 17, 64};
+    for (int i = 0; i < 4; i++)
+        s_test_moe_case(&m, Ts[i], 4, 5, -1, "20b E=32 k=4 (expert 5 empty)");
+    s_test_moe_case(&m, 64, 4, 5, 9, "20b E=32 k=4, expert 9 in every token");
+    s_moe_free(&m);
+    /* small experts, a TP-like down slice (row stride one block wider, no down bias), one
+     * expert with 130 tokens (three MMA tiles), one never routed */
+    s_moe_new(&m, 8, 256, 64, 1, false);
+    const int Ts2[] = {1, 8, 9, 130};
+    for (int i = 0; i < 4; i++)
+        s_test_moe_case(&m, Ts2[i], 2, 7, 0, "E=8 k=2 H=256 nu=64 strided down");
+    s_moe_free(&m);
+}
+
+/* The moe op captured through the ops_t graph hooks (key 17) and replayed on new inputs and new
+ * routing written into the same buffers. */
+static void s_test_moe_graph(void) {
+    printf("moe graph (ops_t hooks)\n");
+    s_moe_w_t m;
+    s_moe_new(&m, 32, 2880, 2880, 0, true);
+    const int T = 17, K = 4, H = m.H, key = T;
+    const size_t na = (size_t)T * H;
+    float *da = s_poisoned(na * 4), *dw = s_poisoned((size_t)T * K * 4), *dout = s_poisoned(na * 4);
+    int32_t *didx = s_poisoned((size_t)T * K * 4);
+    CHECK(!g_gpu->graph_launch(g_gpu, key));
+    for (int round = 0; round < 4; round++) {
+        float *a = s_f32_rand(na, 1.0f), *want = malloc(na * 4), *w = malloc((size_t)T * K * 4);
+        int32_t *idx = malloc((size_t)T * K * 4);
+        s_route(T, m.E, K, round, round == 2 ? 3 : -1, idx, w);
+        g_gpu->upload(g_gpu, da, a, na * 4);
+        g_gpu->upload(g_gpu, didx, idx, (size_t)T * K * 4);
+        g_gpu->upload(g_gpu, dw, w, (size_t)T * K * 4);
+        ops_cuda_memset(g_gpu, dout, 0xff, na * 4);
+        if (round == 0) { /* eager (sizes scratch), then capture */
+            g_gpu->moe(g_gpu, da, T, didx, dw, K, &m.dm, dout);
+            g_gpu->graph_begin(g_gpu, key);
+            g_gpu->moe(g_gpu, da, T, didx, dw, K, &m.dm, dout);
+            g_gpu->graph_end(g_gpu, key);
+            ops_cuda_memset(g_gpu, dout, 0xff, na * 4);
+        }
+        CHECK(g_gpu->graph_launch(g_gpu, key));
+        s_moe_ref(&m, a, T, idx, w, K, want);
+        float *got = s_get(dout, na * 4);
+        char what[96];
+        snprintf(what, sizeof what, "moe graph replay %d T=%d (new routing)", round, T);
+        s_cmp(what, got, want, na, 1e-2);
+        free(a), free(want), free(w), free(idx), free(got);
+    }
+    CHECK(!g_gpu->graph_launch(g_gpu, 65) && !g_gpu->graph_launch(g_gpu, 0));
+    ops_cuda_graph_reset(g_gpu);
+    CHECK(!g_gpu->graph_launch(g_gpu, key));
+    s_free(da), s_free(dw), s_free(dout), s_free(didx);
+    s_moe_free(&m);
+}
+
 /* ---- CUDA graphs ------------------------------------------------------------------------------
  */
 
@@ -649,6 +901,9 @@ int main(void) {
     s_test_attention();
     s_test_sampling();
     s_test_graph();
+    s_test_memory();
+    s_test_moe();
+    s_test_moe_graph();
     ops_cuda_free(&g_gpu);
     ops_cuda_free(&g_gpu); /* safe twice */
     ops_cpu_free(&g_cpu);

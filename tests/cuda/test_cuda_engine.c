@@ -1,0 +1,244 @@
+/* test_cuda_engine: the whole forward pass on the GPU against the CPU - the same engine code
+ * (shardd/engine.c) over the CUDA backend with weights uploaded by weights_cuda_upload, and over
+ * the CPU backend with the mmapped weights, fed the same steps.
+ *
+ * Models: tests/fixtures/tiny-a (GPTOSS_FIXTURES), and a 2-layer model of gpt-oss-20b's shape
+ * (hidden 2880, 64/8 heads of 64, 32 experts top-4 of 2880 units, vocab 201088) generated at test
+ * time with `$GPTOSS_BIN/gptoss-mkmodel --preset 20b --layers 2` into a temporary folder (or the
+ * folder in GPTOSS_CUDA_TEST_MODEL, if set). Steps: one prefill of three sequences (lengths P,
+ * P - 5 and 7; every position's logits for the first), then decode steps of all three (T = 3:
+ * eager, graph capture, replays) and of the first alone (T = 1), each fed the CPU's argmax so both
+ * engines see the same tokens. Bounds: relative L2 error of every logits row
+ * ||gpu - cpu|| / ||cpu|| <= 2e-2 (the CUDA matmuls round activations to bf16; the CPU keeps
+ * fp32), and argmax agreement on at least 90% of the rows (near-ties may flip). Prints the worst
+ * error and the agreement per model.
+ *
+ * Without a CUDA device it prints "test_cuda_engine: skipped (no CUDA device)" and exits 77 (ctest:
+ * skipped). Not here: tensor parallelism on GPUs (NCCL), sampling on the device. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cpu/ops_cpu.h"
+#include "cuda/ops_cuda.h"
+#include "cuda/weights_cuda.h"
+#include "engine.h"
+#include "kvcache.h"
+#include "tcheck.h"
+#include "weights.h"
+
+#define S_REL_L2_TOL 2e-2 /* per logits row */
+#define S_ARGMAX_MIN 0.90 /* fraction of rows whose argmax must agree */
+#define S_NSEQ       3
+
+static ops_t *g_gpu, *g_cpu;
+
+/* One engine and the KV reservations of its sequences. */
+typedef struct {
+    engine_t *e;
+    kvcache_seq_t kv[S_NSEQ];
+} s_side_t;
+
+/* Statistics over every compared row of one model. */
+typedef struct {
+    double worst;
+    int rows, agree;
+} s_stats_t;
+
+static int s_argmax(const float *x, int V) {
+    int b = 0;
+    for (int i = 1; i < V; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* Runs one step of the given sequences (indices into the side's kv) on a side. */
+static int s_step(s_side_t *s, const int *which, int n, int32_t *const *toks, const int *start,
+                  const int *len, bool all0, float *logits) {
+    engine_seq_t q[S_NSEQ];
+    gerr_t err = {{0}};
+    for (int i = 0; i < n; i++) {
+        kvcache_seq_t *kv = &s->kv[which[i]];
+        if (kvcache_seq_reserve(engine_kv(s->e), kv, start[i], start[i] + len[i], &err)) {
+            fprintf(stderr, "test_cuda_engine: %s\n", err.msg);
+            return -1;
+        }
+        q[i] = (engine_seq_t){.tokens = toks[i] + start[i],
+                              .n_tokens = len[i],
+                              .start_pos = start[i],
+                              .full_blocks = kv->full,
+                              .n_full_blocks = kv->n_full,
+                              .window_blocks = kv->window,
+                              .n_window_blocks = kv->n_window,
+                              .all_logits = all0 && i == 0};
+    }
+    int rc = engine_step(s->e, q, n, logits, &err);
+    if (rc) fprintf(stderr, "test_cuda_engine: step: %s\n", err.msg);
+    return rc;
+}
+
+/* Compares rows of logits; updates st; returns false on a row over the bound. */
+static void s_cmp_rows(const char *what, const float *got, const float *want, int rows, int V,
+                       s_stats_t *st) {
+    double worst = 0.0;
+    int agree = 0, bad = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *g = got + (size_t)r * V, *c = want + (size_t)r * V;
+        double d2 = 0.0, c2 = 0.0;
+        int nonfinite = 0;
+        for (int i = 0; i < V; i++) {
+            if (!isfinite(g[i])) nonfinite++;
+            d2 += ((double)g[i] - c[i]) * ((double)g[i] - c[i]);
+            c2 += (double)c[i] * c[i];
+        }
+        double rel = nonfinite ? INFINITY : sqrt(d2 / (c2 > 0 ? c2 : 1e-30));
+        if (rel > worst) worst = rel;
+        if (rel > S_REL_L2_TOL) bad++;
+        agree += s_argmax(g, V) == s_argmax(c, V);
+    }
+    printf("  %-50s rows %3d  worst rel L2 %.3g  argmax %d/%d\n", what, rows, worst, agree, rows);
+    CHECK_MSG(bad == 0, "%s: %d rows over rel L2 %.0e (worst %.3g)", what, bad, S_REL_L2_TOL,
+              worst);
+    if (worst > st->worst) st->worst = worst;
+    st->rows += rows;
+    st->agree += agree;
+}
+
+/* The comparison on one model folder. */
+static void s_model(const char *dir, const char *label, int P, int n_decode) {
+    printf("%s (%s)\n", label, dir);
+    gerr_t err = {{0}};
+    weights_t *hw = NULL, *dw = NULL;
+    if (weights_load(dir, &hw, &err)) {
+        CHECK_MSG(0, "%s", err.msg);
+        return;
+    }
+    weights_cuda_stats_t ls;
+    CHECK_MSG(weights_cuda_upload(g_gpu, hw, &dw, &ls, &err) == 0, "%s", err.msg);
+    if (!dw) {
+        weights_free(&hw);
+        return;
+    }
+    printf("  weights: %.3f GB in %d spans, %.2f s, %.2f GB/s\n", ls.bytes / 1e9, ls.n_spans,
+           ls.seconds, ls.gbps);
+    CHECK(dw->bytes_per_token == hw->bytes_per_token && dw->cfg.hidden_size == hw->cfg.hidden_size);
+    engine_opts_t eo = {.kv_budget_bytes = (size_t)256 << 20, .max_seqs = 4, .max_chunk = 64};
+    s_side_t cpu = {0}, gpu = {0};
+    CHECK_MSG(engine_new(hw, g_cpu, &eo, &cpu.e, &err) == 0, "cpu engine: %s", err.msg);
+    CHECK_MSG(engine_new(dw, g_gpu, &eo, &gpu.e, &err) == 0, "cuda engine: %s", err.msg);
+    if (!cpu.e || !gpu.e) goto done;
+    {
+        const int V = engine_vocab(cpu.e), vmax = V < 200000 ? V : 199998;
+        const int lens[S_NSEQ] = {P, P - 5, 7}, ctx = P + n_decode + 8;
+        int32_t *toks[S_NSEQ];
+        uint64_t rng = 0x2545f4914f6cdd1dull;
+        for (int i = 0; i < S_NSEQ; i++) {
+            toks[i] = malloc(sizeof(int32_t) * (size_t)ctx);
+            for (int j = 0; j < ctx; j++) {
+                rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+                toks[i][j] = (int32_t)(rng % (uint64_t)vmax);
+            }
+        }
+        float *lc = malloc(sizeof(float) * (size_t)V * (P + S_NSEQ));
+        float *lg = malloc(sizeof(float) * (size_t)V * (P + S_NSEQ));
+        s_stats_t st = {0};
+        const int all[S_NSEQ] = {0, 1, 2};
+        int start[S_NSEQ] = {0, 0, 0}, len[S_NSEQ];
+        memcpy(len, lens, sizeof len);
+        /* prefill: all positions of sequence 0, the last of the others */
+        int rows = P + S_NSEQ - 1;
+        CHECK(s_step(&cpu, all, S_NSEQ, toks, start, len, true, lc) == 0);
+        CHECK(s_step(&gpu, all, S_NSEQ, toks, start, len, true, lg) == 0);
+        s_cmp_rows("prefill 3 seqs (all logits of the first)", lg, lc, rows, V, &st);
+        /* the next token of each sequence: the CPU's argmax of its last row */
+        int last[S_NSEQ] = {P - 1, P, P + 1};
+        int pos[S_NSEQ];
+        for (int i = 0; i < S_NSEQ; i++) {
+            pos[i] = lens[i];
+            toks[i][pos[i]] = s_argmax(lc + (size_t)last[i] * V, V);
+        }
+        for (int d = 0; d < n_decode; d++) { /* T = 3: eager, capture, replays */
+            for (int i = 0; i < S_NSEQ; i++)
+                start[i] = pos[i], len[i] = 1;
+            CHECK(s_step(&cpu, all, S_NSEQ, toks, start, len, false, lc) == 0);
+            CHECK(s_step(&gpu, all, S_NSEQ, toks, start, len, false, lg) == 0);
+            char what[64];
+            snprintf(what, sizeof what, "decode 3 seqs, step %d", d);
+            s_cmp_rows(what, lg, lc, S_NSEQ, V, &st);
+            for (int i = 0; i < S_NSEQ; i++)
+                toks[i][++pos[i]] = s_argmax(lc + (size_t)i * V, V);
+        }
+        for (int d = 0; d < n_decode; d++) { /* T = 1 */
+            start[0] = pos[0], len[0] = 1;
+            CHECK(s_step(&cpu, all, 1, toks, start, len, false, lc) == 0);
+            CHECK(s_step(&gpu, all, 1, toks, start, len, false, lg) == 0);
+            char what[64];
+            snprintf(what, sizeof what, "decode 1 seq, step %d", d);
+            s_cmp_rows(what, lg, lc, 1, V, &st);
+            toks[0][++pos[0]] = s_argmax(lc, V);
+        }
+        printf("  %s: worst rel L2 %.3g (bound %.0e), argmax agreement %d/%d (need %.0f%%)\n",
+               label, st.worst, S_REL_L2_TOL, st.agree, st.rows, 100 * S_ARGMAX_MIN);
+        CHECK_MSG(st.agree >= S_ARGMAX_MIN * st.rows, "%s: argmax agrees on %d of %d rows", label,
+                  st.agree, st.rows);
+        for (int i = 0; i < S_NSEQ; i++) {
+            kvcache_seq_release(engine_kv(cpu.e), &cpu.kv[i]);
+            kvcache_seq_release(engine_kv(gpu.e), &gpu.kv[i]);
+            free(toks[i]);
+        }
+        free(lc), free(lg);
+    }
+done:
+    engine_free(&gpu.e);
+    engine_free(&cpu.e);
+    weights_cuda_free(g_gpu, &dw);
+    weights_free(&hw);
+}
+
+int main(void) {
+    if (ops_cuda_device_count() <= 0) {
+        printf("test_cuda_engine: skipped (no CUDA device)\n");
+        return 77;
+    }
+    gerr_t err = {{0}};
+    g_gpu = ops_cuda_new(0, &err);
+    if (!g_gpu) {
+        printf("test_cuda_engine: skipped (%s)\n", err.msg);
+        return 77;
+    }
+    if (ops_cpu_new(0, NULL, &g_cpu, &err) != 0) {
+        fprintf(stderr, "test_cuda_engine: %s\n", err.msg);
+        return 1;
+    }
+    printf("test_cuda_engine: %s vs %s\n", g_gpu->name, g_cpu->name);
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/tiny-a", tcheck_fixtures());
+    s_model(dir, "tiny-a", 21, 4);
+
+    const char *given = getenv("GPTOSS_CUDA_TEST_MODEL");
+    char tmp[] = "/tmp/gptoss_cuda_engine_XXXXXX";
+    if (given && *given) {
+        s_model(given, "GPTOSS_CUDA_TEST_MODEL", 20, 4);
+    } else if (mkdtemp(tmp)) {
+        char cmd[3000];
+        snprintf(cmd, sizeof cmd,
+                 "'%s/gptoss-mkmodel' --out '%s/m' --preset 20b --layers 2 > '%s/mkmodel.log' 2>&1",
+                 tcheck_bindir(), tmp, tmp);
+        int rc = system(cmd);
+        CHECK_MSG(rc == 0, "gptoss-mkmodel failed (%d): see %s/mkmodel.log", rc, tmp);
+        if (rc == 0) {
+            snprintf(dir, sizeof dir, "%s/m", tmp);
+            s_model(dir, "20b shape, 2 layers", 20, 4);
+            snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
+            if (system(cmd) != 0) fprintf(stderr, "test_cuda_engine: could not remove %s\n", tmp);
+        }
+    } else {
+        CHECK_MSG(0, "mkdtemp failed");
+    }
+    ops_cpu_free(&g_cpu);
+    ops_cuda_free(&g_gpu);
+    return tcheck_done("test_cuda_engine");
+}
