@@ -228,3 +228,58 @@ void cuda_op_gather_rows(const ops_t *o, const float *src, const int32_t *rows, 
     k_gather_rows<<<R, S_THREADS, 0, cuda_state(o)->stream>>>(src, rows, n, dst);
     CUDA_CHECK_LAUNCH("k_gather_rows");
 }
+
+/* ---- bandwidth probe (gptoss-bench) -------------------------------------------------------- */
+
+/* Reads n 16-byte words with a grid-stride loop; the xor reaches memory only in a case that never
+ * happens, which the compiler cannot know, so every load stays. */
+__global__ void k_read_probe(const uint4 *p, size_t n, uint32_t *sink) {
+    uint32_t acc = 0;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint4 v = __ldcs(p + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x9e3779b9u) *sink = acc;
+}
+
+void ops_cuda_bandwidth(const ops_t *o, size_t bytes, int reps, double *read_bps,
+                        double *copy_bps) {
+    cuda_state_t *c = cuda_state(o);
+    cudaStream_t st = c->stream;
+    bytes &= ~(size_t)15;
+    void *a = NULL, *b = NULL;
+    uint32_t *sink = NULL;
+    CUDA_CHECK(cudaSetDevice(c->device));
+    CUDA_CHECK(cudaMalloc(&a, bytes));
+    CUDA_CHECK(cudaMalloc(&b, bytes));
+    CUDA_CHECK(cudaMalloc(&sink, sizeof *sink));
+    CUDA_CHECK(cudaMemsetAsync(a, 1, bytes, st));
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    double best_r = 0.0, best_c = 0.0;
+    for (int r = 0; r < reps; r++) {
+        float ms = 0.0f;
+        CUDA_CHECK(cudaEventRecord(e0, st));
+        k_read_probe<<<c->n_sm * 8, 512, 0, st>>>((const uint4 *)a, bytes / 16, sink);
+        CUDA_CHECK_LAUNCH("k_read_probe");
+        CUDA_CHECK(cudaEventRecord(e1, st));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (ms > 0 && bytes / (ms * 1e-3) > best_r) best_r = bytes / (ms * 1e-3);
+        CUDA_CHECK(cudaEventRecord(e0, st));
+        CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, st));
+        CUDA_CHECK(cudaEventRecord(e1, st));
+        CUDA_CHECK(cudaEventSynchronize(e1));
+        CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (ms > 0 && 2.0 * bytes / (ms * 1e-3) > best_c) best_c = 2.0 * bytes / (ms * 1e-3);
+    }
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
+    CUDA_CHECK(cudaFree(a));
+    CUDA_CHECK(cudaFree(b));
+    CUDA_CHECK(cudaFree(sink));
+    if (read_bps) *read_bps = best_r;
+    if (copy_bps) *copy_bps = best_c;
+}

@@ -74,6 +74,11 @@ void ops_cuda_sync(const ops_t *o);
  * ops. */
 void *ops_cuda_stream(const ops_t *o);
 
+/* Device memory bandwidth of o's GPU, best of reps passes over `bytes` (allocated and freed
+ * here, outside any graph capture): *read_bps from a read-only kernel, *copy_bps from a
+ * device-to-device cudaMemcpy counted as read + write. For gptoss-bench. */
+void ops_cuda_bandwidth(const ops_t *o, size_t bytes, int reps, double *read_bps, double *copy_bps);
+
 /* CUDA graphs. A step's sequence of ops calls is captured once per batch-size bucket and replayed
  * with one launch. A graph replays the exact pointers and scalars it captured, so the caller
  * keeps fixed device buffers per bucket and writes each step's inputs (ids, toks, block tables,
