@@ -10,8 +10,9 @@
  * eager, graph capture, replays) and of the first alone (T = 1), each fed the CPU's argmax so both
  * engines see the same tokens. Bounds: relative L2 error of every logits row
  * ||gpu - cpu|| / ||cpu|| <= 2e-2 (the CUDA matmuls round activations to bf16; the CPU keeps
- * fp32), and argmax agreement on at least 90% of the rows (near-ties may flip). Prints the worst
- * error and the agreement per model.
+ * fp32), and argmax agreement on at least 90% of the rows (near-ties may flip). Logits buffers
+ * are poisoned with 0xff bytes before every step. Prints the worst error and the agreement per
+ * model.
  *
  * Without a CUDA device it prints "test_cuda_engine: skipped (no CUDA device)" and exits 77 (ctest:
  * skipped). Not here: tensor parallelism on GPUs (NCCL), sampling on the device. */
@@ -75,12 +76,14 @@ static int s_step(s_side_t *s, const int *which, int n, int32_t *const *toks, co
                               .n_window_blocks = kv->n_window,
                               .all_logits = all0 && i == 0};
     }
+    /* poison (0xff bytes: NaN) so that a row the step does not write fails the comparison */
+    memset(logits, 0xff, sizeof(float) * (size_t)engine_logits_rows(q, n) * engine_vocab(s->e));
     int rc = engine_step(s->e, q, n, logits, &err);
     if (rc) fprintf(stderr, "test_cuda_engine: step: %s\n", err.msg);
     return rc;
 }
 
-/* Compares rows of logits; updates st; returns false on a row over the bound. */
+/* Compares rows of logits (a non-finite GPU value counts as an infinite error); updates st. */
 static void s_cmp_rows(const char *what, const float *got, const float *want, int rows, int V,
                        s_stats_t *st) {
     double worst = 0.0;
