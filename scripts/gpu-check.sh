@@ -166,7 +166,7 @@ done
 step "configure + build ($build)"
 gen=()
 command -v ninja >/dev/null && [ ! -f "$build/CMakeCache.txt" ] && gen=(-G Ninja)
-if ! cmake -S . -B "$build" "${gen[@]}" -DGPTOSS_CUDA=ON -DGPTOSS_WERROR=ON \
+if ! cmake -S . -B "$build" "${gen[@]}" -DGPTOSS_CUDA=ON -DGPTOSS_WERROR=ON -DGPTOSS_ENGINE_ONLY=ON \
     -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CUDA_COMPILER="$nvcc" >"$out/cmake.log" 2>&1; then
     tail -30 "$out/cmake.log"
     fail "cmake configure (see cmake.log)"
