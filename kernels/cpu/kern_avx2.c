@@ -198,8 +198,10 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
  * 16 values: the 8 even ones, then the 8 odd ones), which is the order in which
  * the nibbles come out of a byte without any interleaving. The 16 bytes of a
  * block are loaded into both 128-bit lanes; one pshufb spreads 8 bytes into the
- * top byte of eight 32-bit lanes, a mask (or a 4-bit shift and the mask) keeps
- * one nibble there, a second pshufb replaces it by the doubled E2M1 integer
+ * top byte of eight 32-bit lanes, a mask (lo nibble) or a 4-bit shift (hi nibble:
+ * the shift leaves zeros above it, and the lo nibble lands in bits 4-7 of byte 2,
+ * where pshufb reads index 0 or the zeroing bit, both giving 0) keeps one nibble
+ * there, a second pshufb replaces it by the doubled E2M1 integer
  * (signed int8, so the 32-bit lane is that integer times 2^24, sign included),
  * and cvtdq2ps makes it a float. Multiplying by the block's 2^(s - 152)
  * (cpu_mxfp4_scale24: the 2^24 and the 0.5 of the doubling folded in, an exact
@@ -228,14 +230,12 @@ static inline void s_mx_wdec(const uint8_t *blk, uint8_t sc, const s_mx_consts_t
     const __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc]);
     w[0] = _mm256_mul_ps(
         _mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_and_si256(s0, k->mask))), s);
-    w[1] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(
-                             k->lut, _mm256_and_si256(_mm256_srli_epi32(s0, 4), k->mask))),
-                         s);
+    w[1] =
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_srli_epi32(s0, 4))), s);
     w[2] = _mm256_mul_ps(
         _mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_and_si256(s1, k->mask))), s);
-    w[3] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(
-                             k->lut, _mm256_and_si256(_mm256_srli_epi32(s1, 4), k->mask))),
-                         s);
+    w[3] =
+        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_srli_epi32(s1, 4))), s);
 }
 
 /* acc += the block's weights w . its 32 x values (4 FMAs in column order). */
