@@ -43,16 +43,21 @@
 #include "log.h"
 #include "sampling.h"
 #include "weights.h"
+#ifdef GPTOSS_HAVE_CUDA
+#include "cuda/ops_cuda.h"
+#include "cuda/weights_cuda.h"
+#endif
 
 struct shard {
     shard_opts_t o;
     char *run_dir;
-    ops_t *ops;
+    ops_t *ops; /* the CPU backend (owned; made at shard_new, kept for a CUDA LOAD too) */
     int ops_threads;
     /* after LOAD */
+    ops_t *gpu;   /* "backend": "cuda": the CUDA backend (owned), else NULL */
     comm_t *comm; /* world > 1: the group's comm (owned) */
     bool broken;  /* a collective failed: no more steps */
-    weights_t *w;
+    weights_t *w; /* cpu: host weights (weights_free); cuda: device weights (weights_cuda_free) */
     engine_t *eng;
     int vocab;         /* logits row length (engine_vocab) */
     int vocab_limit;   /* ids >= this are never sampled */
@@ -119,6 +124,12 @@ static void s_unload(shard_t *s) {
     sampling_ws_destroy(&s->ws);
     engine_free(&s->eng);
     comm_destroy(&s->comm);
+#ifdef GPTOSS_HAVE_CUDA
+    if (s->gpu) {
+        weights_cuda_free(s->gpu, &s->w); /* device weights belong to the CUDA backend */
+        ops_cuda_free(&s->gpu);
+    }
+#endif
     weights_free(&s->w);
     free(s->logits);
     free(s->eseqs);
@@ -148,10 +159,14 @@ char *shard_hello_json(const shard_t *s) {
     char buf[256];
     int n = snprintf(buf, sizeof buf,
                      "{\"rank\":%d,\"world\":%d,\"pid\":%ld,\"version\":%d,\"backend\":\"%s\"}",
-                     s->o.rank, s->o.world, (long)getpid(), PROTO_VERSION,
-                     s->ops && s->ops->name ? s->ops->name : "cpu");
+                     s->o.rank, s->o.world, (long)getpid(), PROTO_VERSION, shard_backend_name(s));
     if (n < 0 || (size_t)n >= sizeof buf) return NULL;
     return strdup(buf);
+}
+
+const char *shard_backend_name(const shard_t *s) {
+    const ops_t *o = s->gpu ? s->gpu : s->ops;
+    return o && o->name ? o->name : "cpu";
 }
 
 bool shard_loaded(const shard_t *s) {
@@ -252,6 +267,45 @@ static void s_pool_sizes(shard_t *s) {
     }
 }
 
+/* "backend": "cuda": starts the CUDA backend on `device` (s->gpu), binds the model on the host
+ * (weights_load_shard), uploads it (weights_cuda_upload) and unmaps the host copy: the device
+ * weights_t carries its own config, dims and slice, and neither the engine nor the STEP checks
+ * read a host view after the upload. *upload gets the upload's figures. On failure err says why
+ * and the caller's s_unload frees what was made. */
+static int s_load_cuda(shard_t *s, const char *model, int device, double *upload_s,
+                       double *upload_gbps, gerr_t *err) {
+#ifdef GPTOSS_HAVE_CUDA
+    if (!(s->gpu = ops_cuda_new(device, err))) {
+        gerr_prefix(err, "LOAD: backend \"cuda\" device %d", device);
+        return GERR_INVALID;
+    }
+    weights_t *host = NULL;
+    int rc = weights_load_shard(model, s->o.rank, s->o.world, &host, err);
+    if (rc) {
+        gerr_prefix(err, "LOAD: model \"%.512s\"", model);
+        return rc;
+    }
+    weights_cuda_stats_t st = {0};
+    rc = weights_cuda_upload(s->gpu, host, &s->w, &st, err);
+    weights_free(&host);
+    if (rc) {
+        gerr_prefix(err, "LOAD: uploading model \"%.512s\" to %s", model, s->gpu->name);
+        return rc;
+    }
+    *upload_s = st.seconds;
+    *upload_gbps = st.gbps;
+    LOG_INFO("load", "weights on %s: %.2f GB in %.2f s (%.1f GB/s, %d spans); host mapping freed",
+             s->gpu->name, (double)st.bytes * 1e-9, st.seconds, st.gbps, st.n_spans);
+    return 0;
+#else
+    (void)s, (void)model, (void)device, (void)upload_s, (void)upload_gbps;
+    gerr_set(err, "LOAD: backend \"cuda\": this gptoss-shardd was built without CUDA "
+                  "(GPTOSS_CUDA=OFF or no toolkit); rebuild with the CUDA toolkit or use "
+                  "\"backend\": \"cpu\"");
+    return GERR_INVALID;
+#endif
+}
+
 int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *err) {
     *ready = NULL;
     if (shard_loaded(s)) {
@@ -267,9 +321,11 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
         return GERR_FORMAT;
     }
     int rc = GERR_INVALID;
-    const char *model, *kv_dtype, *comm, *comm_name;
-    long long bs, n_full, n_win, max_seqs, max_chunk, threads, vocab_limit, comm_timeout;
+    const char *model, *kv_dtype, *comm, *comm_name, *backend;
+    long long bs, n_full, n_win, max_seqs, max_chunk, threads, vocab_limit, comm_timeout, device;
     if ((rc = s_json_str(root, "model", true, &model, err)) ||
+        (rc = s_json_str(root, "backend", false, &backend, err)) ||
+        (rc = s_json_int(root, "device", false, 0, 0, 1023, &device, err)) ||
         (rc = s_json_str(root, "kv_dtype", false, &kv_dtype, err)) ||
         (rc = s_json_str(root, "comm", false, &comm, err)) ||
         (rc = s_json_str(root, "comm_name", false, &comm_name, err)) ||
@@ -307,17 +363,36 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
                  s->o.world, comm ? comm : "(none)");
         goto out;
     }
-    if (threads > 0 && threads != s->ops_threads) {
+    bool cuda = false;
+    if (backend && strcmp(backend, "cuda") == 0)
+        cuda = true;
+    else if (backend && strcmp(backend, "cpu") != 0) {
+        gerr_set(err, "LOAD: field \"backend\" must be \"cpu\" or \"cuda\", got \"%.64s\"",
+                 backend);
+        goto out;
+    }
+    if (cuda && s->o.world > 1) {
+        gerr_set(err,
+                 "LOAD: backend \"cuda\" with world %d: tensor parallelism on GPUs (NCCL) is "
+                 "not wired into gptoss-shardd yet; a cuda shard group must be world 1",
+                 s->o.world);
+        goto out;
+    }
+    if (!cuda && threads > 0 && threads != s->ops_threads) {
         ops_cpu_free(&s->ops);
         if ((rc = ops_cpu_new((int)threads, NULL, &s->ops, err))) goto out;
         s->ops_threads = (int)threads;
         rc = GERR_INVALID;
     }
 
-    if ((rc = weights_load_shard(model, s->o.rank, s->o.world, &s->w, err))) {
+    double upload_s = 0, upload_gbps = 0;
+    if (cuda) {
+        if ((rc = s_load_cuda(s, model, (int)device, &upload_s, &upload_gbps, err))) goto fail;
+    } else if ((rc = weights_load_shard(model, s->o.rank, s->o.world, &s->w, err))) {
         gerr_prefix(err, "LOAD: model \"%.512s\"", model);
         goto fail;
     }
+    const ops_t *eops = s->gpu ? s->gpu : s->ops;
     if (s->o.world > 1) {
         comm_shm_opts_t co = {.attach_timeout_ms = (int)comm_timeout,
                               .timeout_ms = (int)comm_timeout};
@@ -338,7 +413,7 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
     if ((rc = s_kv_budget(s->w, dt, (int)bs, (int)n_full, (int)n_win, (int)max_chunk, &eo, err)))
         goto fail;
     eo.comm = s->comm;
-    if ((rc = engine_new(s->w, s->ops, &eo, &s->eng, err))) {
+    if ((rc = engine_new(s->w, eops, &eo, &s->eng, err))) {
         gerr_prefix(err, "LOAD: KV cache of %d full + %d window blocks", (int)n_full, (int)n_win);
         goto fail;
     }
@@ -366,22 +441,32 @@ int shard_load(shard_t *s, const char *json, size_t len, char **ready, gerr_t *e
         if (!s->hist || !s->ws) goto nomem;
     }
     double load_ms = s_now_ms() - t0;
-    char buf[512];
-    int n = snprintf(buf, sizeof buf,
-                     "{\"load_ms\":%.1f,\"vocab\":%d,\"n_layers\":%d,\"kv_full_blocks\":%d,"
-                     "\"kv_window_blocks\":%d,\"block_size\":%d,\"kv_bytes\":%zu}",
-                     load_ms, c->vocab_size, c->num_hidden_layers, s->n_full_blocks,
-                     s->n_window_blocks, (int)bs, kvcache_bytes(engine_kv(s->eng)));
-    if (n < 0 || (size_t)n >= sizeof buf || !(*ready = strdup(buf))) goto nomem;
+    cJSON *rd = cJSON_CreateObject();
+    bool ok = rd && cJSON_AddNumberToObject(rd, "load_ms", round(load_ms * 10) / 10) &&
+              cJSON_AddNumberToObject(rd, "vocab", c->vocab_size) &&
+              cJSON_AddNumberToObject(rd, "n_layers", c->num_hidden_layers) &&
+              cJSON_AddNumberToObject(rd, "kv_full_blocks", s->n_full_blocks) &&
+              cJSON_AddNumberToObject(rd, "kv_window_blocks", s->n_window_blocks) &&
+              cJSON_AddNumberToObject(rd, "block_size", (double)bs) &&
+              cJSON_AddNumberToObject(rd, "kv_bytes", (double)kvcache_bytes(engine_kv(s->eng))) &&
+              cJSON_AddStringToObject(rd, "backend", shard_backend_name(s));
+    *ready = ok ? cJSON_PrintUnformatted(rd) : NULL;
+    cJSON_Delete(rd);
+    if (!*ready) goto nomem;
+    char how[192];
+    if (cuda)
+        snprintf(how, sizeof how, "%s, weights uploaded in %.2f s (%.1f GB/s)", s->gpu->name,
+                 upload_s, upload_gbps);
+    else
+        snprintf(how, sizeof how, "%d threads (%s)", ops_cpu_threads(s->ops), s->ops->name);
     LOG_INFO("load",
              "loaded %s in %.0f ms: rank %d of %d (%d q / %d kv heads, %d units, vocab rows "
              "%d..%d), %d layers, vocab %d (limit %d), KV %s %d full + %d window blocks of %d, "
-             "%zu MiB, %d threads (%s)",
+             "%zu MiB, %s",
              model, load_ms, s->o.rank, s->o.world, s->w->n_heads, s->w->n_kv_heads, s->w->n_units,
              s->w->vocab_begin, s->w->vocab_begin + s->w->vocab_rows - 1, c->num_hidden_layers,
              c->vocab_size, s->vocab_limit, dt == OPS_KV_BF16 ? "bf16" : "f32", s->n_full_blocks,
-             s->n_window_blocks, (int)bs, kvcache_bytes(engine_kv(s->eng)) >> 20,
-             ops_cpu_threads(s->ops), s->ops->name);
+             s->n_window_blocks, (int)bs, kvcache_bytes(engine_kv(s->eng)) >> 20, how);
     rc = 0;
     goto out;
 nomem:

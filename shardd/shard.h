@@ -1,12 +1,17 @@
 /* shard: what one gptoss-shardd process does with the gateway's messages, without the
  * sockets.
  *
- * It turns a LOAD body (JSON) into a loaded model (weights, CPU ops, an engine whose KV
- * pools have exactly the block counts the gateway planned) and a READY body, and a STEP
+ * It turns a LOAD body (JSON) into a loaded model (weights, an ops backend, an engine whose
+ * KV pools have exactly the block counts the gateway planned) and a READY body, and a STEP
  * body (binary, proto.h) into an engine step plus, on rank 0, one sampled token per
  * sequence that asks for it (a RESULT body). Rank 0 also keeps the per-slot penalty
  * history of PROTOCOL.md. Bad input from the gateway is refused with a message and
  * changes nothing, so the shard stays up.
+ *
+ * The backend is the CPU one unless LOAD says "backend": "cuda" (world 1 only): then the
+ * CUDA backend runs on LOAD's "device", the weights are bound on the host and uploaded
+ * (weights_cuda_upload), and the host mapping is freed. A build without CUDA (no
+ * GPTOSS_HAVE_CUDA) refuses such a LOAD with a message. Sampling stays on the host either way.
  *
  * With world > 1 the shard holds its tensor-parallel slice and joins the group's shm comm
  * at LOAD (shard.c says how); every rank runs every STEP, rank 0 alone samples.
@@ -39,6 +44,11 @@ void shard_free(shard_t **s);
 
 /* The HELLO body {"rank","world","pid","version","backend"}; caller frees the string. */
 char *shard_hello_json(const shard_t *s);
+
+/* Name of the backend the shard runs (static or owned by the shard: valid until shard_free or
+ * the next LOAD): the CUDA backend's ("cuda:0 NVIDIA H100 ... (sm_90)") after a cuda LOAD, else
+ * the CPU backend's ("cpu-avx2"). */
+const char *shard_backend_name(const shard_t *s);
 
 /* True once a LOAD succeeded. */
 bool shard_loaded(const shard_t *s);

@@ -8,6 +8,10 @@
  * garbage (bad magic, truncated STEP, out-of-range slot, bad blocks, wrong rank) dropped or
  * refused while the shard keeps working, LOAD errors (missing folder, world 2) with exit
  * status 2, exit status 3 when the gateway goes silent, SHUTDOWN and SIGTERM -> 0.
+ * "backend": "cuda" (test_load_cuda): on a host without a GPU (or a build without CUDA) the
+ * process answers LOAD_ERROR with the reason and exits 2, and in process (shard.h) the failed
+ * LOAD leaves the shard answering and able to LOAD the CPU backend and step; on a GPU host the
+ * LOAD must succeed and READY name the CUDA backend.
  * Every receive has a deadline; every child is reaped, and killed if the test fails. */
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -24,10 +28,14 @@
 #include <zmq.h>
 
 #include "cpu/ops_cpu.h"
+#ifdef GPTOSS_HAVE_CUDA
+#include "cuda/ops_cuda.h"
+#endif
 #include "engine.h"
 #include "kvcache.h"
 #include "proto.h"
 #include "sampling.h"
+#include "shard.h"
 #include "tcheck.h"
 #include "weights.h"
 
@@ -196,6 +204,21 @@ static char *s_load_json(const char *model, int block_size, int n_full, int n_wi
     return buf;
 }
 
+/* s_load_json with extra members (",\"backend\":\"cuda\"", spliced before the closing brace). */
+static char *s_load_json_x(const char *model, int block_size, int n_full, int n_win,
+                           const char *extra) {
+    char *buf = s_load_json(model, block_size, n_full, n_win);
+    size_t n = buf ? strlen(buf) : 0, e = strlen(extra);
+    char *out = buf ? malloc(n + e + 1) : NULL;
+    if (out) {
+        memcpy(out, buf, n - 1); /* all but the '}' */
+        memcpy(out + n - 1, extra, e);
+        memcpy(out + n - 1 + e, "}", 2);
+    }
+    free(buf);
+    return out;
+}
+
 static int s_json_int(const cJSON *o, const char *k) {
     const cJSON *it = cJSON_GetObjectItemCaseSensitive(o, k);
     return cJSON_IsNumber(it) ? it->valueint : -12345;
@@ -319,6 +342,9 @@ static void test_generate(void) {
     CHECK(s_json_int(j, "block_size") == bs);
     CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "kv_bytes")));
     CHECK(cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "load_ms")));
+    const cJSON *be = cJSON_GetObjectItemCaseSensitive(j, "backend");
+    CHECK_MSG(cJSON_IsString(be) && strncmp(be->valuestring, "cpu", 3) == 0, "READY backend %s",
+              cJSON_IsString(be) ? be->valuestring : "(none)");
     cJSON_Delete(j);
 
     /* a second LOAD is refused and ignored */
@@ -676,6 +702,147 @@ static void test_load_error(const char *model, const char *world, const char *wa
     zmq_close(r);
 }
 
+/* CUDA devices this test can see: -1 in a build without CUDA. */
+static int s_cuda_devices(void) {
+#ifdef GPTOSS_HAVE_CUDA
+    return ops_cuda_device_count();
+#else
+    return -1;
+#endif
+}
+
+/* What a "cuda" LOAD's LOAD_ERROR must say here (no GPU: ops_cuda_new's reason; no CUDA in
+ * the build: shard.c's). */
+static const char *s_cuda_want(int devices) {
+    return devices < 0 ? "this gptoss-shardd was built without CUDA (GPTOSS_CUDA=OFF or no toolkit)"
+                       : "device 0 does not exist (0 CUDA devices visible";
+}
+
+/* "backend": "cuda" through the real process: LOAD_ERROR naming the reason, exit 2 (PROTOCOL.md:
+ * a shard whose LOAD failed exits; the gateway starts a fresh one), or READY on a GPU host. */
+static void test_load_cuda_process(int devices) {
+    void *r = s_router();
+    CHECK(r != NULL);
+    if (!r) return;
+    pid_t pid = s_spawn((const char *const[]){"--rank", "0", "--world", "1", NULL});
+    bool ok;
+    cJSON *j = s_expect_cmd(r, "shard-0", PROTO_HELLO, 0, &ok, NULL);
+    CHECK(ok);
+    cJSON_Delete(j);
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-a", tcheck_fixtures());
+    char *load = s_load_json_x(model, 4, 40, 20, ",\"backend\":\"cuda\",\"device\":0");
+    CHECK(load != NULL);
+    if (load) s_send(r, "shard-0", PROTO_LOAD, 0, 0, load, strlen(load));
+    free(load);
+    if (devices > 0) {
+        j = s_expect_cmd(r, "shard-0", PROTO_READY, 0, &ok, NULL);
+        CHECK(ok);
+        const cJSON *be = cJSON_GetObjectItemCaseSensitive(j, "backend");
+        CHECK_MSG(cJSON_IsString(be) && strncmp(be->valuestring, "cuda:0", 6) == 0,
+                  "READY backend %s", cJSON_IsString(be) ? be->valuestring : "(none)");
+        cJSON_Delete(j);
+        s_send(r, "shard-0", PROTO_SHUTDOWN, PROTO_RANK_ALL, 0, "", 0);
+        CHECK_MSG(s_wait_exit(pid, 20000) == 0, "shard did not exit 0 after SHUTDOWN");
+    } else {
+        j = s_expect_cmd(r, "shard-0", PROTO_LOAD_ERROR, 0, &ok, NULL);
+        CHECK(ok);
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
+        CHECK_MSG(cJSON_IsString(m) && strstr(m->valuestring, "backend \"cuda\"") &&
+                      strstr(m->valuestring, s_cuda_want(devices)),
+                  "message: %s (want %s)", cJSON_IsString(m) ? m->valuestring : "(none)",
+                  s_cuda_want(devices));
+        cJSON_Delete(j);
+        int st = s_wait_exit(pid, 10000);
+        CHECK_MSG(st == 2, "exit status %d, expected 2", st);
+    }
+    s_kill_all();
+    zmq_close(r);
+}
+
+/* Runs one greedy STEP of prompt ids[0..13) on sh; returns the sampled token, -1 with err set
+ * when the step is refused. */
+static int32_t s_inproc_step(shard_t *sh, const int32_t *ids, gerr_t *err) {
+    int32_t full[16], win[16];
+    proto_seq_t q = s_seq(ids, 13, 0, 4, full, win, PROTO_SEQ_SAMPLE | PROTO_SEQ_NEW);
+    proto_buf_t in = {0}, out = {0};
+    int32_t tok = -1;
+    if (proto_step_encode(&q, 1, &in)) {
+        gerr_set(err, "out of memory encoding a STEP");
+        return -1;
+    }
+    if (shard_step(sh, in.data, in.len, &out, err) == 0) {
+        proto_sample_t *smp = NULL;
+        uint32_t ns = 0;
+        double ms = 0;
+        if (proto_result_decode(out.data, out.len, &smp, &ns, &ms, err) == 0 && ns == 1)
+            tok = smp[0].token;
+        free(smp);
+    }
+    proto_buf_free(&in);
+    proto_buf_free(&out);
+    return tok;
+}
+
+/* The same in process (shard.h): a failed "cuda" LOAD leaves nothing loaded, the shard still
+ * answers (HELLO body, STEP refused as "before LOAD") and a CPU LOAD on it then works and steps
+ * (greedy first token of tiny-a case 1). A bad backend name is refused with the allowed ones. */
+static void test_load_cuda_inproc(int devices) {
+    shard_t *sh = NULL;
+    gerr_t err = {{0}};
+    CHECK_MSG(shard_new(&(shard_opts_t){.rank = 0, .world = 1, .threads = 2}, &sh, &err) == 0, "%s",
+              err.msg);
+    if (!sh) return;
+    int32_t *ids = NULL, *cont = NULL;
+    int n_ids = 0, n_cont = 0;
+    CHECK(s_read_case(1, &ids, &n_ids, &cont, &n_cont) == 0 && n_ids == 13 && n_cont == 16);
+    char model[1024];
+    snprintf(model, sizeof model, "%s/tiny-a", tcheck_fixtures());
+    char *ready = NULL;
+
+    char *load = s_load_json_x(model, 4, 40, 20, ",\"backend\":\"tpu\"");
+    CHECK(load && shard_load(sh, load, strlen(load), &ready, &err) != 0 && !ready);
+    CHECK_MSG(strstr(err.msg, "\"backend\" must be \"cpu\" or \"cuda\""), "%s", err.msg);
+    free(load);
+
+    load = s_load_json_x(model, 4, 40, 20, ",\"backend\":\"cuda\",\"device\":0");
+    int rc = load ? shard_load(sh, load, strlen(load), &ready, &err) : -1;
+    free(load);
+    if (devices > 0) { /* a GPU host: the CUDA LOAD works and READY names it */
+        CHECK_MSG(rc == 0, "%s", err.msg);
+        CHECK_MSG(ready && strstr(ready, "\"backend\":\"cuda:0"), "READY %s", ready ? ready : "");
+        CHECK(strncmp(shard_backend_name(sh), "cuda:0", 6) == 0);
+        goto out;
+    }
+    CHECK(rc != 0 && !ready && !shard_loaded(sh));
+    CHECK_MSG(strstr(err.msg, s_cuda_want(devices)), "%s (want %s)", err.msg, s_cuda_want(devices));
+    char *hello = shard_hello_json(sh);
+    CHECK_MSG(hello && strstr(hello, "\"backend\":\"cpu"), "HELLO %s", hello ? hello : "");
+    free(hello);
+    if (ids && n_ids == 13) {
+        CHECK(s_inproc_step(sh, ids, &err) == -1);
+        CHECK_MSG(strstr(err.msg, "before LOAD"), "%s", err.msg);
+    }
+
+    load = s_load_json_x(model, 4, 40, 20, ",\"backend\":\"cpu\"");
+    rc = load ? shard_load(sh, load, strlen(load), &ready, &err) : -1;
+    free(load);
+    CHECK_MSG(rc == 0 && shard_loaded(sh), "CPU LOAD after the failed cuda LOAD: %s", err.msg);
+    CHECK_MSG(ready && strstr(ready, "\"backend\":\"cpu") && strstr(ready, "\"kv_full_blocks\":40"),
+              "READY %s", ready ? ready : "");
+    if (rc == 0 && ids && cont && n_ids == 13 && n_cont == 16) {
+        int32_t tok = s_inproc_step(sh, ids, &err);
+        CHECK_MSG(tok == cont[0], "greedy token %d, expected %d (%s)", tok, cont[0],
+                  tok < 0 ? err.msg : "");
+    }
+out:
+    free(ready);
+    free(ids);
+    free(cont);
+    shard_free(&sh);
+    CHECK(sh == NULL);
+}
+
 /* Heartbeats sent only to the "-hb" identity keep the shard alive (any message counts);
  * then a gateway that says nothing: the shard exits with status 3. */
 static void test_silence(void) {
@@ -737,6 +904,10 @@ int main(void) {
     char model[1024];
     snprintf(model, sizeof model, "%s/tiny-a", tcheck_fixtures());
     test_load_error(model, "2", "world 2");
+    int devices = s_cuda_devices();
+    fprintf(stderr, "test_shardd: CUDA devices visible: %d (-1: a build without CUDA)\n", devices);
+    test_load_cuda_process(devices);
+    test_load_cuda_inproc(devices);
     test_silence();
     test_sigterm();
     s_kill_all();
