@@ -135,6 +135,9 @@ static void s_add_shards(cJSON *root, const sched_stats_t *st) {
         cJSON_AddBoolToObject(o, "up", sh->up);
         cJSON_AddNumberToObject(o, "heartbeat_age_s", sh->heartbeat_age_s);
         cJSON_AddNumberToObject(o, "restarts", sh->restarts);
+        char *be = api_utf8_repair(sh->backend, strnlen(sh->backend, sizeof sh->backend), NULL);
+        cJSON_AddStringToObject(o, "backend", be ? be : "");
+        free(be);
         char *le =
             api_utf8_repair(sh->last_error, strnlen(sh->last_error, sizeof sh->last_error), NULL);
         cJSON_AddStringToObject(o, "last_error", le ? le : "");
@@ -180,7 +183,8 @@ char *api_ready(const sched_stats_t *st, int *status) {
                       "not ready: the self-test generation has not passed yet");
     else
         api_error_set(&e, 503, NULL, "not_ready", "not ready: state %s%s%.300s",
-                      sched_state_name(st->state), st->state_message[0] ? ": " : "", st->state_message);
+                      sched_state_name(st->state), st->state_message[0] ? ": " : "",
+                      st->state_message);
     return api_error_json(&e);
 }
 

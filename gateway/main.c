@@ -228,16 +228,24 @@ static void s_profiles_dir(const char *given, char *buf, size_t n) {
     snprintf(buf, n, "%s", PROFILE_DEFAULT_DIR);
 }
 
-/* The shards of this build run the CPU backend only: the CUDA kernels (kernels/cuda) are not
- * wired into gptoss-shardd yet. A cuda profile is refused with that reason rather than
- * silently served on CPU shards. */
+/* gptoss-shardd runs the CPU backend at any tp and the CUDA backend at tp 1 (one GPU, the
+ * profile's devices[0]): tensor parallelism over NCCL is not wired into the shard yet, so a
+ * cuda profile with tp > 1 is refused with that reason rather than started and failed. Whether
+ * the shard binary has CUDA and the host a GPU is the shard's to say: its LOAD_ERROR (e.g. "built
+ * without CUDA", "device 0 does not exist") makes the gateway DEGRADED with that message. */
 static int s_backend_supported(const profile_t *p, gerr_t *err) {
     if (p->backend == PROFILE_BACKEND_CPU) return 0;
-    gerr_set(err,
-             "profile %s: backend \"%s\" is not available: gptoss-shardd runs the CPU backend "
-             "only in this build (the CUDA kernels are not wired into the shard yet); use a cpu "
-             "profile such as cpu-20b",
-             p->name, profile_backend_name(p->backend));
+    if (p->backend == PROFILE_BACKEND_CUDA && p->tp == 1) return 0;
+    if (p->backend == PROFILE_BACKEND_CUDA) {
+        gerr_set(err,
+                 "profile %s: backend \"cuda\" with tp %d is not available: tensor parallelism "
+                 "over GPUs (NCCL) is not wired into gptoss-shardd yet, so a cuda profile must "
+                 "have tp 1 (one GPU); use a cuda profile with tp 1, or a cpu profile for tp > 1",
+                 p->name, p->tp);
+        return GERR_INVALID;
+    }
+    gerr_set(err, "profile %s: backend \"%s\" is not available", p->name,
+             profile_backend_name(p->backend));
     return GERR_INVALID;
 }
 
@@ -276,6 +284,8 @@ static void s_sched_opts(const profile_t *p, const s_args_t *a, bool overrides, 
         so->n_shards = p->tp;
         so->threads = p->threads;
         so->kv_dtype = p->kv_dtype;
+        so->backend = profile_backend_name(p->backend);
+        so->device = p->backend == PROFILE_BACKEND_CUDA && p->n_devices > 0 ? p->devices[0] : 0;
         so->kv_budget_gib = p->kv_gib;
         so->max_running = p->max_running;
         so->max_queue = p->max_queue;
@@ -344,6 +354,7 @@ static int s_ctl_status(void *user, cJSON *reply, gerr_t *err) {
             !cJSON_AddBoolToObject(o, "up", sh->up) ||
             !cJSON_AddNumberToObject(o, "heartbeat_age_s", sh->heartbeat_age_s) ||
             !cJSON_AddNumberToObject(o, "restarts", sh->restarts) ||
+            !cJSON_AddStringToObject(o, "backend", sh->backend) ||
             !cJSON_AddStringToObject(o, "last_error", sh->last_error))
             goto nomem;
     }
@@ -533,15 +544,15 @@ int main(int argc, char **argv) {
             goto out;
         }
         have_profile = true;
-        if (s_backend_supported(&prof, &err) != 0) {
-            fprintf(stderr, "gptoss-gateway: %s\n", err.msg);
-            goto out;
-        }
         char abs[PATH_MAX];
         snprintf(cx.active, sizeof cx.active, "%s", realpath(prof.path, abs) ? abs : prof.path);
         /* the flags that change what profile_check_model looks at */
         if (a.shards) prof.tp = a.shards;
         if (a.max_context) prof.max_context = a.max_context;
+        if (s_backend_supported(&prof, &err) != 0) { /* after --shards: it checks tp */
+            fprintf(stderr, "gptoss-gateway: %s\n", err.msg);
+            goto out;
+        }
         gptoss_config_t cfg;
         const char *model = a.model ? a.model : prof.model;
         if (config_load(model, &cfg, &err) != 0 || profile_check_model(&prof, &cfg, &err) != 0) {

@@ -1007,6 +1007,7 @@ static void s_publish(sched_t *s) {
         o->up = sh->state == SHARDLINK_UP;
         o->heartbeat_age_s = sh->pid > 0 ? now - sh->last_heard : 0;
         o->restarts = s->deaths_rank[r];
+        s_copy(o->backend, sizeof o->backend, sh->backend);
         s_copy(o->last_error, sizeof o->last_error, sh->last_error);
     }
     st->vocab_size = s->c.vocab;
@@ -1316,6 +1317,24 @@ static int s_conf_prepare(const sched_opts_t *opts, s_conf_t *c, gerr_t *err) {
         gerr_set(err, "scheduler: kv dtype '%s' is not supported (use f32 or bf16)", dtype);
         return GERR_INVALID;
     }
+    /* backend: one of two static names (nothing to own) */
+    bool cuda = o->backend && strcmp(o->backend, "cuda") == 0;
+    if (o->backend && !cuda && strcmp(o->backend, "cpu") != 0) {
+        gerr_set(err, "scheduler: backend '%.32s' is not supported (use cpu or cuda)", o->backend);
+        return GERR_INVALID;
+    }
+    if (cuda && o->n_shards > 1) {
+        gerr_set(err,
+                 "scheduler: backend cuda with tp %d: tensor parallelism on GPUs (NCCL) is not "
+                 "wired into gptoss-shardd yet; a cuda profile must have tp 1",
+                 o->n_shards);
+        return GERR_INVALID;
+    }
+    if (o->device < 0) {
+        gerr_set(err, "scheduler: GPU index %d is negative", o->device);
+        return GERR_INVALID;
+    }
+    o->backend = cuda ? "cuda" : "cpu";
     c->model_dir = strdup(o->model_dir);
     c->run_dir = strdup(o->run_dir);
     c->kv_dtype = strdup(dtype);
@@ -1406,6 +1425,8 @@ static int s_conf_apply(sched_t *s, s_conf_t *c, gerr_t *err) {
         .heartbeat_s = o->heartbeat_s,
         .model_dir = s->c.model_dir,
         .kv_dtype = s->c.kv_dtype,
+        .backend = o->backend,
+        .device = o->device,
         .block_size = o->block_size,
         .kv_full_blocks = s->c.kvo.n_full_blocks,
         .kv_window_blocks = s->c.kvo.n_window_blocks,

@@ -44,6 +44,8 @@ typedef struct {
     int n_shards;            /* tensor-parallel degree: shard processes (1..SCHED_MAX_SHARDS) */
     int threads;             /* CPU threads per shard (0: all cores / n_shards) */
     const char *kv_dtype;    /* "f32" (default) or "bf16" */
+    const char *backend;     /* shards' backend: "cpu" (default) or "cuda" (n_shards 1 only) */
+    int device;              /* "cuda": the GPU index of the (single) shard (default 0) */
     double kv_budget_gib;    /* KV cache memory per shard (default 1) */
     int block_size;          /* KV block size (default 16) */
     int max_running;         /* sequences decoding at once (default 16) */
@@ -75,6 +77,7 @@ typedef struct {
     bool up; /* READY and heartbeating */
     double heartbeat_age_s;
     int restarts;
+    char backend[96]; /* what the shard runs, from its READY ("" before one) */
     char last_error[256];
 } sched_shard_stats_t;
 

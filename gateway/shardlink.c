@@ -89,6 +89,22 @@ int shardlink_new(const shardlink_opts_t *opts, shardlink_t **out, gerr_t *err) 
     sl->run_dir = s_strdup(opts->run_dir);
     sl->model_dir = s_strdup(opts->model_dir);
     sl->kv_dtype = s_strdup(opts->kv_dtype ? opts->kv_dtype : "f32");
+    /* the backend is one of two names: keep a static string rather than a copy */
+    bool cuda = opts->backend && strcmp(opts->backend, "cuda") == 0;
+    if (opts->backend && !cuda && strcmp(opts->backend, "cpu") != 0) {
+        gerr_set(err, "shards: backend '%.32s' is not \"cpu\" or \"cuda\"", opts->backend);
+        shardlink_free(&sl, 0);
+        return GERR_INVALID;
+    }
+    if (cuda && opts->n_shards > 1) {
+        gerr_set(err,
+                 "shards: backend \"cuda\" with %d shards: tensor parallelism on GPUs (NCCL) is "
+                 "not wired into gptoss-shardd yet; use tp 1",
+                 opts->n_shards);
+        shardlink_free(&sl, 0);
+        return GERR_INVALID;
+    }
+    sl->o.backend = cuda ? "cuda" : "cpu";
     if (!sl->shardd_path || !sl->run_dir || !sl->model_dir || !sl->kv_dtype) {
         gerr_set(err, "shards: out of memory");
         shardlink_free(&sl, 0);
@@ -263,6 +279,7 @@ static int s_spawn(shardlink_t *sl, int r, gerr_t *err) {
     s->state = SHARDLINK_STARTING;
     s->spawned_at = s->last_heard = gw_now();
     s->vocab = 0;
+    s->backend[0] = 0;
     LOG_INFO("shards", "shard %d: started pid %d (%s)", r, s->pid, sl->endpoint);
     return 0;
 }
@@ -345,6 +362,7 @@ static char *s_load_json(const shardlink_t *sl) {
     if (!o) return NULL;
     bool ok = cJSON_AddStringToObject(o, "model", sl->model_dir) &&
               cJSON_AddStringToObject(o, "kv_dtype", sl->kv_dtype) &&
+              cJSON_AddStringToObject(o, "backend", sl->o.backend) &&
               cJSON_AddNumberToObject(o, "block_size", sl->o.block_size) &&
               cJSON_AddNumberToObject(o, "kv_full_blocks", sl->o.kv_full_blocks) &&
               cJSON_AddNumberToObject(o, "kv_window_blocks", sl->o.kv_window_blocks) &&
@@ -354,6 +372,8 @@ static char *s_load_json(const shardlink_t *sl) {
               cJSON_AddStringToObject(o, "comm", sl->o.n_shards > 1 ? "shm" : "single") &&
               cJSON_AddStringToObject(o, "comm_name", sl->comm_name) &&
               cJSON_AddNumberToObject(o, "vocab_limit", sl->o.vocab_limit);
+    if (ok && strcmp(sl->o.backend, "cuda") == 0)
+        ok = cJSON_AddNumberToObject(o, "device", sl->o.device) != NULL;
     char *s = ok ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
     return s;
@@ -432,6 +452,8 @@ static int s_handle_ready(shardlink_t *sl, shardlink_shard_t *s, const uint8_t *
     s->vocab = s_json_int(o, "vocab", 0);
     const cJSON *lm = cJSON_GetObjectItemCaseSensitive(o, "load_ms");
     s->load_ms = cJSON_IsNumber(lm) ? lm->valuedouble : 0;
+    const cJSON *be = cJSON_GetObjectItemCaseSensitive(o, "backend");
+    s_copy(s->backend, sizeof s->backend, cJSON_IsString(be) ? be->valuestring : "");
     cJSON_Delete(o);
     ev->rank = s->rank;
     if (full != sl->o.kv_full_blocks || win != sl->o.kv_window_blocks || bs != sl->o.block_size) {
@@ -446,7 +468,8 @@ static int s_handle_ready(shardlink_t *sl, shardlink_shard_t *s, const uint8_t *
     }
     s->state = SHARDLINK_UP;
     ev->kind = SHARDLINK_EV_READY;
-    LOG_INFO("shards", "shard %d: READY (vocab %d, load %.0f ms)", s->rank, s->vocab, s->load_ms);
+    LOG_INFO("shards", "shard %d: READY (vocab %d, load %.0f ms, backend %s)", s->rank, s->vocab,
+             s->load_ms, s->backend[0] ? s->backend : "?");
     return 1;
 }
 

@@ -37,6 +37,8 @@ typedef struct {
     /* LOAD body fields (the same for every shard) */
     const char *model_dir;
     const char *kv_dtype; /* "f32" | "bf16" */
+    const char *backend;  /* "cpu" (default, NULL) | "cuda" (n_shards 1 only) */
+    int device;           /* "cuda": the GPU of the shard (LOAD's "device") */
     int block_size, kv_full_blocks, kv_window_blocks;
     int max_seqs, max_chunk, vocab_limit;
     bool comm_by_gateway; /* world > 1: the gateway creates the shm segment before spawning
@@ -51,6 +53,7 @@ typedef struct {
     double spawned_at, last_heard; /* gw_now() times */
     int vocab;                     /* from READY */
     double load_ms;                /* from READY */
+    char backend[96];              /* from READY ("cpu-avx2", "cuda:0 NVIDIA ..."; "" before) */
     char last_error[256];
 } shardlink_shard_t;
 
