@@ -43,8 +43,8 @@ typedef struct {
     const cpu_kern_t *kern;
     char name[32];
     /* moe scratch (s_moe_scratch), grown as needed; contents do not survive growth */
-    void *m_buf[8];
-    size_t m_cap[8];
+    void *m_buf[12];
+    size_t m_cap[12];
 } s_cpu_t;
 
 static const s_cpu_t *s_cpu(const ops_t *o) {
@@ -377,7 +377,18 @@ static void s_axpy(const ops_t *o, float *x, float a, const float *y, size_t n) 
 
 /* ---- whole MoE layer ---------------------------------------------------------- */
 
-enum { S_M_XE, S_M_HE, S_M_AE, S_M_YE, S_M_ETOK, S_M_EWT, S_M_ECOUNT, S_M_ESTART };
+enum {
+    S_M_XE,
+    S_M_HE,
+    S_M_AE,
+    S_M_YE,
+    S_M_ETOK,
+    S_M_EWT,
+    S_M_ECOUNT,
+    S_M_ESTART,
+    S_M_AS,
+    S_M_TASKS
+};
 
 /* Scratch buffer slot of at least bytes (old contents lost on growth); aborts when out of
  * memory, as ops have no error path. */
@@ -406,10 +417,81 @@ static const uint16_t *s_expert_bias(const ops_experts_t *x, int e) {
     return x->bias ? x->bias + (size_t)e * x->bias_estride : NULL;
 }
 
-/* Groups the (token, weight) pairs by expert in token order (counting sort), then per expert
- * in ascending index: gather its tokens' rows, gate_up (+bias), SwiGLU, down (+bias), and
- * out[tok] += w * y with the axpy kernel, so each token sums its experts in ascending index
- * whatever the other tokens are (batch invariance). */
+/* One task of a grouped expert matmul: rows [r0, r1) of expert x's matrix for its tokens. */
+typedef struct {
+    int x, r0, r1;
+} s_moe_task_t;
+
+typedef struct {
+    const s_cpu_t *cpu;
+    const ops_experts_t *set; /* gate_up or down */
+    const float *x;           /* [N][cols] input rows, expert-major (split order if the kernel
+                                 wants it) */
+    const int32_t *estart;    /* [E+1] first row of each expert */
+    float *y;                 /* [N][rows] */
+    int rows, cols;
+    const s_moe_task_t *tasks;
+} s_moe_job_t;
+
+static void s_moe_task(void *arg, int task, int thread) {
+    (void)thread;
+    const s_moe_job_t *j = arg;
+    const s_moe_task_t *k = &j->tasks[task];
+    const int first = j->estart[k->x], n = j->estart[k->x + 1] - first;
+    const ops_mxfp4_mat_t W = s_expert(j->set, k->x);
+    j->cpu->kern->mxfp4_rows(j->x + (size_t)first * j->cols, n, &W, s_expert_bias(j->set, k->x),
+                             k->r0, k->r1, j->y + (size_t)first * j->rows);
+}
+
+/* Every active expert's matmul of one set in one pool run: tasks are (expert, row chunk)
+ * pairs with the chunking s_mm_run would use for that expert's token count, so the threads
+ * balance over all experts instead of joining after each (a batched decode step has ~28
+ * small experts per layer). A (row, token) result does not depend on the split (cpu_kern.h). */
+static void s_moe_matmuls(s_cpu_t *c, const ops_experts_t *set, const float *x,
+                          const int32_t *estart, int E, float *y) {
+    const int rows = set->mat.rows, cols = set->mat.cols, threads = cpu_pool_size(c->pool);
+    int n_tasks = 0;
+    double work = 0.0;
+    for (int e = 0; e < E; e++) {
+        const int n = estart[e + 1] - estart[e];
+        if (!n) continue;
+        int chunk = n >= 4 ? 16 : (rows + threads * 8 - 1) / (threads * 8);
+        chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+        n_tasks += (rows + chunk - 1) / chunk;
+        work += (double)rows * cols * n;
+    }
+    s_moe_task_t *tasks =
+        s_moe_scratch(c, S_M_TASKS, sizeof *tasks * (size_t)(n_tasks ? n_tasks : 1));
+    int i = 0;
+    for (int e = 0; e < E; e++) {
+        const int n = estart[e + 1] - estart[e];
+        if (!n) continue;
+        int chunk = n >= 4 ? 16 : (rows + threads * 8 - 1) / (threads * 8);
+        chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+        for (int r0 = 0; r0 < rows; r0 += chunk)
+            tasks[i++] = (s_moe_task_t){e, r0, r0 + chunk < rows ? r0 + chunk : rows};
+    }
+    s_moe_job_t j = {.cpu = c,
+                     .set = set,
+                     .x = x,
+                     .estart = estart,
+                     .y = y,
+                     .rows = rows,
+                     .cols = cols,
+                     .tasks = tasks};
+    if (threads == 1 || work < S_SMALL_WORK) {
+        for (int t = 0; t < n_tasks; t++)
+            s_moe_task(&j, t, 0);
+        return;
+    }
+    cpu_pool_run(c->pool, n_tasks, s_moe_task, &j);
+}
+
+/* Groups the (token, weight) pairs by expert in token order (counting sort), gathers the
+ * tokens' rows expert-major, runs every expert's gate_up (+bias) in one pool run, the clamped
+ * SwiGLU over all rows, every expert's down (+bias) in one pool run, then per expert in
+ * ascending index out[tok] += w * y with the axpy kernel, so each token sums its experts in
+ * ascending index whatever the other tokens are (batch invariance). */
 static void s_moe(const ops_t *o, const float *a, int T, const int32_t *idx, const float *w, int K,
                   const ops_moe_t *m, float *out) {
     s_cpu_t *c = o->impl;
@@ -419,10 +501,12 @@ static void s_moe(const ops_t *o, const float *a, int T, const int32_t *idx, con
     if (nu == 0) return; /* a shard past the last block: zeros */
     assert(K >= 1 && K <= E && m->down.mat.rows == H && m->down.mat.cols == nu);
     const size_t P = (size_t)T * K;
-    float *xe = s_moe_scratch(c, S_M_XE, sizeof(float) * (size_t)T * H);
-    float *he = s_moe_scratch(c, S_M_HE, sizeof(float) * (size_t)T * 2 * nu);
-    float *ae = s_moe_scratch(c, S_M_AE, sizeof(float) * (size_t)T * nu);
-    float *ye = s_moe_scratch(c, S_M_YE, sizeof(float) * (size_t)T * H);
+    const int split = c->kern->mxfp4_split_x;
+    float *xe = s_moe_scratch(c, S_M_XE, sizeof(float) * P * (size_t)H);
+    float *he = s_moe_scratch(c, S_M_HE, sizeof(float) * P * 2 * (size_t)nu);
+    float *ae = s_moe_scratch(c, S_M_AE, sizeof(float) * P * (size_t)nu);
+    float *as = split ? s_moe_scratch(c, S_M_AS, sizeof(float) * P * (size_t)nu) : ae;
+    float *ye = s_moe_scratch(c, S_M_YE, sizeof(float) * P * (size_t)H);
     int32_t *etok = s_moe_scratch(c, S_M_ETOK, sizeof(int32_t) * P);
     float *ewt = s_moe_scratch(c, S_M_EWT, sizeof(float) * P);
     int32_t *ecount = s_moe_scratch(c, S_M_ECOUNT, sizeof(int32_t) * (size_t)E);
@@ -441,20 +525,21 @@ static void s_moe(const ops_t *o, const float *a, int T, const int32_t *idx, con
         etok[at] = (int32_t)(i / (size_t)K);
         ewt[at] = w[i];
     }
-    for (int x = 0; x < E; x++) {
-        const int n = estart[x + 1] - estart[x];
-        if (!n) continue;
-        const int32_t *tk = etok + estart[x];
-        const float *wt = ewt + estart[x];
-        for (int i = 0; i < n; i++)
-            memcpy(xe + (size_t)i * H, a + (size_t)tk[i] * H, sizeof(float) * (size_t)H);
-        const ops_mxfp4_mat_t gu = s_expert(&m->gate_up, x), dn = s_expert(&m->down, x);
-        s_matmul_mxfp4(o, xe, n, &gu, s_expert_bias(&m->gate_up, x), he);
-        s_swiglu(o, he, n, nu, m->alpha, m->limit, ae);
-        s_matmul_mxfp4(o, ae, n, &dn, s_expert_bias(&m->down, x), ye);
-        for (int i = 0; i < n; i++)
-            s_axpy(o, out + (size_t)tk[i] * H, wt[i], ye + (size_t)i * H, (size_t)H);
+    /* the rows, expert-major, in the order the kernel reads them */
+    for (size_t p = 0; p < P; p++) {
+        const float *src = a + (size_t)etok[p] * H;
+        if (split)
+            cpu_split_x(src, 1, H, xe + p * H);
+        else
+            memcpy(xe + p * H, src, sizeof(float) * (size_t)H);
     }
+    s_moe_matmuls(c, &m->gate_up, xe, estart, E, he);
+    s_swiglu(o, he, (int)P, nu, m->alpha, m->limit, ae);
+    if (split) cpu_split_x(ae, (int)P, nu, as);
+    s_moe_matmuls(c, &m->down, as, estart, E, ye);
+    for (int x = 0; x < E; x++)
+        for (int p = estart[x]; p < estart[x + 1]; p++)
+            s_axpy(o, out + (size_t)etok[p] * H, ewt[p], ye + (size_t)p * H, (size_t)H);
 }
 
 static void s_gather_rows(const ops_t *o, const float *src, const int32_t *rows, int R, int n,
