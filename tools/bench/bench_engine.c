@@ -7,8 +7,10 @@
  * sequence prefilled with 16 tokens first). Prints weight bytes read per decoded
  * token (batch 1, GPTOSS.md 8), achieved bytes/s / bandwidth, and prefill FLOP/s /
  * peak; on a shared machine the ratios to a read pass right before each batch-1
- * step and to an FMA peak right after the prefill are the ones to compare. Random
- * token ids; medians of the timed steps. A benchmark, not a test.
+ * step and to an FMA peak right after the prefill are the ones to compare. The decode
+ * steps run in rounds (one step at batch 1, 4 and 16 per round) so that load from other
+ * jobs hits the three alike; batch 16 / batch 1 is the median of the per-round ratios.
+ * Random token ids; medians of the timed steps. A benchmark, not a test.
  *
  * `gptoss-bench engine --kernels [--threads N] [--steps REPS]`: the matmul kernels
  * alone (no model), beside read-bandwidth and FMA-peak measurements.
@@ -588,7 +590,7 @@ int bench_engine_main(int argc, char **argv) {
 
     const gptoss_config_t *c = &w->cfg;
     engine_opts_t eo = {
-        .kv_budget_bytes = (size_t)2 << 30, .max_seqs = 16, .max_chunk = prompt > 16 ? prompt : 16};
+        .kv_budget_bytes = (size_t)2 << 30, .max_seqs = 24, .max_chunk = prompt > 16 ? prompt : 16};
     if (engine_new(w, ops, &eo, &eng, &err)) {
         fprintf(stderr, "gptoss-bench engine: %s\n", err.msg);
         ops_cpu_free(&ops);
@@ -635,39 +637,52 @@ int bench_engine_main(int argc, char **argv) {
             peak > 0 ? 100.0 * flops / t_pre / peak : 0.0,
             peak_after > 0 ? 100.0 * flops / t_pre / peak_after : 0.0, peak_after / 1e9);
 
-    /* decode at batch 1, 4, 16 */
+    /* decode at batch 1, 4, 16, interleaved: each round runs one step of each batch size (the
+     * batch-1 step after a read pass), so that a drift in what else the machine runs hits the
+     * three alike; the ratios are medians of the per-round ratios. */
     const int batches[3] = {1, 4, 16};
+    kvcache_seq_t dseqs[3][16];
+    int dstart[3][16];
+    memset(dseqs, 0, sizeof dseqs);
     for (int bi = 0; bi < 3 && !rc; bi++) {
-        int B = batches[bi];
-        memset(seqs, 0, sizeof seqs);
-        for (int i = 0; i < B; i++)
-            start[i] = 0;
+        for (int i = 0; i < batches[bi]; i++)
+            dstart[bi][i] = 0;
         double t;
-        rc = s_run(eng, seqs, toks, B, 16, start, logits, &t); /* prefill 16 each */
-        double times[64], bw_beside[64], ratio[64];
-        for (int s = 0; s < steps && !rc; s++) {
+        rc = s_run(eng, dseqs[bi], toks, batches[bi], 16, dstart[bi], logits, &t); /* 16 each */
+    }
+    double times[3][64], bw_beside[64], ratio[64], r16[64];
+    for (int s = 0; s < steps && !rc; s++) {
+        for (int bi = 0; bi < 3 && !rc; bi++) {
+            const int B = batches[bi];
             for (int i = 0; i < B; i++)
-                start[i] = 16 + s;
+                dstart[bi][i] = 16 + s;
             if (B == 1 && bwbuf) bw_beside[s] = s_bw_once(pool, &bwj);
-            rc = s_run(eng, seqs, toks, B, 1, start, logits, &times[s]);
-            if (B == 1 && bwbuf) ratio[s] = w->bytes_per_token / times[s] / bw_beside[s];
+            rc = s_run(eng, dseqs[bi], toks, B, 1, dstart[bi], logits, &times[bi][s]);
+            if (B == 1 && bwbuf) ratio[s] = w->bytes_per_token / times[bi][s] / bw_beside[s];
         }
-        for (int i = 0; i < B; i++)
-            kvcache_seq_release(engine_kv(eng), &seqs[i]);
-        if (rc) break;
-        double med = s_median(times, steps);
-        if (B == 1 && bwbuf)
+        if (!rc) r16[s] = 16.0 * times[0][s] / times[2][s];
+    }
+    for (int bi = 0; bi < 3; bi++)
+        for (int i = 0; i < batches[bi]; i++)
+            kvcache_seq_release(engine_kv(eng), &dseqs[bi][i]);
+    if (!rc) {
+        if (bwbuf)
             printf("decode batch 1 vs a read pass right before each step: median ratio %.0f%% "
                    "(median read pass %.1f GB/s)\n",
                    100.0 * s_median(ratio, steps), s_median(bw_beside, steps) / 1e9);
-        double tps = B / med;
-        if (B == 1)
-            printf("decode batch 1: %.2f tok/s (%.1f ms/step); weight bytes/token %.3f GB -> "
-                   "%.1f GB/s = %.0f%% of measured bandwidth\n",
-                   tps, med * 1e3, w->bytes_per_token / 1e9, w->bytes_per_token * tps / 1e9,
-                   bw > 0 ? 100.0 * w->bytes_per_token * tps / bw : 0.0);
-        else
-            printf("decode batch %d: %.2f tok/s (%.1f ms/step)\n", B, tps, med * 1e3);
+        for (int bi = 0; bi < 3; bi++) {
+            const int B = batches[bi];
+            const double med = s_median(times[bi], steps), tps = B / med;
+            if (B == 1)
+                printf("decode batch 1: %.2f tok/s (%.1f ms/step); weight bytes/token %.3f GB -> "
+                       "%.1f GB/s = %.0f%% of measured bandwidth\n",
+                       tps, med * 1e3, w->bytes_per_token / 1e9, w->bytes_per_token * tps / 1e9,
+                       bw > 0 ? 100.0 * w->bytes_per_token * tps / bw : 0.0);
+            else
+                printf("decode batch %d: %.2f tok/s (%.1f ms/step)\n", B, tps, med * 1e3);
+        }
+        printf("decode batch 16 / batch 1 aggregate tokens/s: median of per-round ratios %.2fx\n",
+               s_median(r16, steps));
     }
     free(bwbuf);
     double bw2 = s_bandwidth(pool), peak2 = s_fma_peak(pool, &width);
