@@ -254,8 +254,10 @@ static void s_test_all_reduce(void) {
         CHECK_MSG(memcmp(first, second, g_total * sizeof(float)) == 0, "world %d: two runs differ",
                   world);
     }
-    /* A tiny slot (32 floats per phase) through every size: chunking and parity stress. */
-    s_all_reduce_run(3, false, 256, second);
+    /* A small slot (512 floats per phase) through every size: chunking and parity stress
+     * (1M floats take ~2000 phases; a 32-float slot took 31000, each needing all three ranks
+     * scheduled, which outlasted the group deadline on a 2-core machine busy with builds). */
+    s_all_reduce_run(3, false, 4096, second);
     s_all_reduce_run(3, false, 0, first);
     CHECK_MSG(memcmp(first, second, g_total * sizeof(float)) == 0, "slot size changed the result");
     free(first);
