@@ -136,6 +136,11 @@ struct ops {
                    float *out);
     /* x[i] += y[i] for i < n (residual add). */
     void (*add)(const ops_t *o, float *x, const float *y, size_t n);
+    /* Fused residual add and RMSNorm: x[t] += y[t] (x updated in place), then out[t] =
+     * x[t] / sqrt(mean(x[t]^2) + eps) * w, for T rows of n (w bf16 [n]); the same values as
+     * add then rmsnorm. out must not alias x or y. */
+    void (*add_rmsnorm)(const ops_t *o, float *x, const float *y, const uint16_t *w, int T, int n,
+                        float eps, float *out);
     /* x[i] += a * y[i] for i < n (weighted expert output). */
     void (*axpy)(const ops_t *o, float *x, float a, const float *y, size_t n);
 

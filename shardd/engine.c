@@ -400,7 +400,7 @@ blocks:
     return GERR_INVALID;
 }
 
-/* Router, top-k and the moe op into b->tmp, all-reduce, residual add. */
+/* Router, top-k and the moe op into b->tmp, all-reduce (the caller adds the residual). */
 static int s_moe(engine_t *e, s_bufs_t *b, const weights_layer_t *L, int T, gerr_t *err) {
     const ops_t *o = e->ops;
     const size_t n = (size_t)T * (size_t)e->H;
@@ -416,10 +416,7 @@ static int s_moe(engine_t *e, s_bufs_t *b, const weights_layer_t *L, int T, gerr
                o->router_topk(o, b->rl, T, e->E, e->K, b->ridx, b->rw));
         S_PROF(e, S_P_MOE, o->moe(o, b->a, T, b->ridx, b->rw, e->K, &m, b->tmp));
     }
-    int rc = s_reduce(e, b->tmp, n, err);
-    if (rc) return rc;
-    S_PROF(e, S_P_RESID, o->add(o, b->x, b->tmp, n));
-    return 0;
+    return s_reduce(e, b->tmp, n, err);
 }
 
 /* The ops of a step on set b (inputs already uploaded): embedding, the layers, the R rows
@@ -431,11 +428,14 @@ static int s_forward(engine_t *e, s_bufs_t *b, int T, int R, gerr_t *err) {
     const int H = e->H, D = e->D;
     const float sm_scale = 1.0f / sqrtf((float)D);
     S_PROF(e, S_P_EMBED, o->embed(o, e->w->embed.w, e->w->embed.stride, H, b->ids, T, b->x));
+    /* Each residual add is fused with the RMSNorm that follows it (add_rmsnorm): o_proj's with
+     * the MLP norm, the MoE's with the next layer's attention norm; the first layer's norm
+     * follows the embedding, the last MoE's add is plain (the final norm is on gathered rows). */
+    S_PROF(e, S_P_NORM, o->rmsnorm(o, b->x, e->w->layers[0].ln_attn, T, H, c->rms_norm_eps, b->a));
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const weights_layer_t *L = &e->w->layers[l];
         const ops_kv_t *kv = kvcache_layer(e->kv, l);
         const ops_tok_t *toks = L->sliding ? b->twin : b->tfull;
-        S_PROF(e, S_P_NORM, o->rmsnorm(o, b->x, L->ln_attn, T, H, c->rms_norm_eps, b->a));
         S_PROF(e, S_P_QKV, o->matmul_bf16(o, b->a, T, &L->q, L->q_b, b->q);
                o->matmul_bf16(o, b->a, T, &L->k, L->k_b, b->k);
                o->matmul_bf16(o, b->a, T, &L->v, L->v_b, b->v));
@@ -448,9 +448,15 @@ static int s_forward(engine_t *e, s_bufs_t *b, int T, int R, gerr_t *err) {
         S_PROF(e, S_P_OPROJ, o->matmul_bf16(o, b->att, T, &L->o, L->o_b, b->tmp));
         int rc = s_reduce(e, b->tmp, (size_t)T * H, err);
         if (rc) return rc;
-        S_PROF(e, S_P_RESID, o->add(o, b->x, b->tmp, (size_t)T * H));
-        S_PROF(e, S_P_NORM, o->rmsnorm(o, b->x, L->ln_mlp, T, H, c->rms_norm_eps, b->a));
+        S_PROF(e, S_P_RESID,
+               o->add_rmsnorm(o, b->x, b->tmp, L->ln_mlp, T, H, c->rms_norm_eps, b->a));
         if ((rc = s_moe(e, b, L, T, err))) return rc;
+        if (l + 1 < c->num_hidden_layers)
+            S_PROF(e, S_P_RESID,
+                   o->add_rmsnorm(o, b->x, b->tmp, e->w->layers[l + 1].ln_attn, T, H,
+                                  c->rms_norm_eps, b->a));
+        else
+            S_PROF(e, S_P_RESID, o->add(o, b->x, b->tmp, (size_t)T * H));
     }
     S_PROF(e, S_P_LMHEAD, o->gather_rows(o, b->x, b->rows, R, H, b->tmp);
            o->rmsnorm(o, b->tmp, e->w->norm, R, H, c->rms_norm_eps, b->a);

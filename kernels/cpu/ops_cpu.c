@@ -142,6 +142,18 @@ static void s_rmsnorm(const ops_t *o, const float *x, const uint16_t *w, int T, 
     }
 }
 
+/* Row by row, so the row is still in L1 for the norm; the arithmetic of s_add then s_rmsnorm. */
+static void s_add_rmsnorm(const ops_t *o, float *x, const float *y, const uint16_t *w, int T, int n,
+                          float eps, float *out) {
+    for (int t = 0; t < T; t++) {
+        float *xt = x + (size_t)t * n;
+        const float *yt = y + (size_t)t * n;
+        for (int i = 0; i < n; i++)
+            xt[i] += yt[i];
+        s_rmsnorm(o, xt, w, 1, n, eps, out + (size_t)t * n);
+    }
+}
+
 static void s_rope(const ops_t *o, float *x, int T, int n_heads, int D, const float *cs) {
     (void)o;
     const int half = D / 2;
@@ -641,6 +653,7 @@ int ops_cpu_new(int n_threads, const char *isa, ops_t **out, gerr_t *err) {
         .router_topk = s_router_topk,
         .swiglu = s_swiglu,
         .add = s_add,
+        .add_rmsnorm = s_add_rmsnorm,
         .axpy = s_axpy,
         .moe = s_moe,
         .gather_rows = s_gather_rows,

@@ -102,6 +102,8 @@ void cuda_op_embed(const ops_t *o, const uint16_t *table, size_t stride, int n, 
                    int T, float *out);
 void cuda_op_rmsnorm(const ops_t *o, const float *x, const uint16_t *w, int T, int n, float eps,
                      float *out);
+void cuda_op_add_rmsnorm(const ops_t *o, float *x, const float *y, const uint16_t *w, int T, int n,
+                         float eps, float *out);
 void cuda_op_matmul_bf16(const ops_t *o, const float *x, int T, const ops_bf16_mat_t *W,
                          const uint16_t *bias, float *y);
 void cuda_op_matmul_mxfp4(const ops_t *o, const float *x, int T, const ops_mxfp4_mat_t *W,

@@ -1,5 +1,5 @@
-/* misc: the small ops of the CUDA backend - embed, rmsnorm, rope, kv_write, router_topk,
- * swiglu, add, axpy, gather_rows.
+/* misc: the small ops of the CUDA backend - embed, rmsnorm (and fused add + rmsnorm), rope,
+ * kv_write, router_topk, swiglu, add, axpy, gather_rows.
  *
  * All fp32, memory-bound, one launch each; they follow the CPU reference (kernels/cpu/ops_cpu.c)
  * operation by operation so that results agree to float rounding (rmsnorm sums in fp32 by a tree
@@ -53,6 +53,38 @@ __global__ void k_rmsnorm(const float *x, const uint16_t *w, int n, float eps, f
     const float inv = (float)(1.0 / sqrt((double)tot / n + (double)eps));
     for (int i = threadIdx.x; i < n; i += blockDim.x)
         yt[i] = (xt[i] * inv) * cuda_bf16_to_f32(w[i]);
+}
+
+/* x += y, then the rmsnorm of k_rmsnorm on the new x; each thread writes back and later reads
+ * only its own elements of x. */
+__global__ void k_add_rmsnorm(float *x, const float *y, const uint16_t *w, int n, float eps,
+                              float *out) {
+    __shared__ float part[S_THREADS / 32];
+    float *xt = x + (size_t)blockIdx.x * n;
+    const float *ys = y + (size_t)blockIdx.x * n;
+    float *yt = out + (size_t)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = xt[i] + ys[i];
+        xt[i] = v;
+        ss += v * v;
+    }
+    ss = cuda_warp_sum(ss);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float tot = 0.0f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++)
+        tot += part[i];
+    const float inv = (float)(1.0 / sqrt((double)tot / n + (double)eps));
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        yt[i] = (xt[i] * inv) * cuda_bf16_to_f32(w[i]);
+}
+
+void cuda_op_add_rmsnorm(const ops_t *o, float *x, const float *y, const uint16_t *w, int T, int n,
+                         float eps, float *out) {
+    if (T <= 0 || n <= 0) return;
+    k_add_rmsnorm<<<T, S_THREADS, 0, cuda_state(o)->stream>>>(x, y, w, n, eps, out);
+    CUDA_CHECK_LAUNCH("k_add_rmsnorm");
 }
 
 void cuda_op_rmsnorm(const ops_t *o, const float *x, const uint16_t *w, int T, int n, float eps,

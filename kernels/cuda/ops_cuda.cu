@@ -73,6 +73,7 @@ ops_t *ops_cuda_new(int device, gerr_t *err) {
     o->impl = c;
     o->embed = cuda_op_embed;
     o->rmsnorm = cuda_op_rmsnorm;
+    o->add_rmsnorm = cuda_op_add_rmsnorm;
     o->matmul_bf16 = cuda_op_matmul_bf16;
     o->matmul_mxfp4 = cuda_op_matmul_mxfp4;
     o->rope = cuda_op_rope;

@@ -34,6 +34,7 @@ enum {
     R_TOPK,
     R_SWIGLU,
     R_ADD,
+    R_ADD_RMSNORM,
     R_AXPY,
     R_MOE,
     R_GATHER,
@@ -183,6 +184,15 @@ static void w_add(const ops_t *o, float *x, const float *y, size_t n) {
     }
     *r = (s_rec_t){.kind = R_ADD, .p = {y}, .out = x, .z = n};
 }
+static void w_add_rmsnorm(const ops_t *o, float *x, const float *y, const uint16_t *w, int T, int n,
+                          float eps, float *out) {
+    s_rec_t *r = s_rec(o, R_ADD_RMSNORM);
+    if (!r) {
+        G(o)->cpu->add_rmsnorm(G(o)->cpu, x, y, w, T, n, eps, out);
+        return;
+    }
+    *r = (s_rec_t){.kind = R_ADD_RMSNORM, .p = {x, y, w}, .out = out, .i = {T, n}, .f = {eps}};
+}
 static void w_axpy(const ops_t *o, float *x, float a, const float *y, size_t n) {
     s_rec_t *r = s_rec(o, R_AXPY);
     if (!r) {
@@ -295,6 +305,10 @@ static bool w_graph_launch(const ops_t *o, int key) {
         case R_ADD:
             c->add(c, r->out, r->p[0], r->z);
             break;
+        case R_ADD_RMSNORM:
+            c->add_rmsnorm(c, (float *)r->p[0], r->p[1], r->p[2], r->i[0], r->i[1], r->f[0],
+                           r->out);
+            break;
         case R_AXPY:
             c->axpy(c, r->out, r->f[0], r->p[0], r->z);
             break;
@@ -332,6 +346,7 @@ static s_g_t *s_g_new(const ops_t *cpu) {
                      .router_topk = w_topk,
                      .swiglu = w_swiglu,
                      .add = w_add,
+                     .add_rmsnorm = w_add_rmsnorm,
                      .axpy = w_axpy,
                      .moe = w_moe,
                      .gather_rows = w_gather,

@@ -203,6 +203,25 @@ static void s_test_small_ops(const ops_t *o) {
             bad += !s_close(y[t * n + i], x[t * n + i] * inv * bf16_to_f32(wn[i]), 0, 1e-5);
     }
     CHECK_MSG(bad == 0, "%s rmsnorm: %d wrong", o->name, bad);
+    /* fused add + rmsnorm: bit for bit add then rmsnorm (the engine relies on it) */
+    {
+        float *r = s_f32_rand((size_t)T * n, 4.0f), *x1 = malloc(sizeof(float) * T * n);
+        float *x2 = malloc(sizeof(float) * T * n), *y1 = malloc(sizeof(float) * T * n);
+        float *y2 = malloc(sizeof(float) * T * n);
+        memcpy(x1, x, sizeof(float) * T * n);
+        memcpy(x2, x, sizeof(float) * T * n);
+        o->add(o, x1, r, (size_t)T * n);
+        o->rmsnorm(o, x1, wn, T, n, 1e-5f, y1);
+        o->add_rmsnorm(o, x2, r, wn, T, n, 1e-5f, y2);
+        CHECK_MSG(memcmp(x1, x2, sizeof(float) * T * n) == 0 &&
+                      memcmp(y1, y2, sizeof(float) * T * n) == 0,
+                  "%s add_rmsnorm differs from add then rmsnorm", o->name);
+        free(r);
+        free(x1);
+        free(x2);
+        free(y1);
+        free(y2);
+    }
 
     /* swiglu, including values past the clamp */
     const int I = 40;
