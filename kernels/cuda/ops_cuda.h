@@ -3,7 +3,8 @@
  * What it is: an ops_t whose calls are enqueued on one CUDA stream owned by the backend, plus
  * the memory helpers that place weights (in their stored formats: bf16 bit patterns, MXFP4
  * nibbles + E8M0 scales, never expanded), activations and the KV cache on the GPU, CUDA-graph
- * capture helpers keyed by a batch-size bucket, and a GPU sampler (greedy and top-k).
+ * capture helpers keyed by a batch-size bucket, and a GPU sampler (greedy, top-k, and top-p /
+ * min_p without top-k when the nucleus fits in OPS_CUDA_SAMPLE_MAX_K candidates).
  *
  * Pointer conventions for the ops_t calls: EVERY array pointer is a DEVICE pointer - the
  * activations, the weights inside the ops_*_mat_t views, biases, sinks, token ids, the rope
@@ -35,7 +36,7 @@ extern "C" {
 #define OPS_CUDA_GRAPH_MAX      16   /* graph buckets per backend (see ops_cuda_graph_bucket) */
 #define OPS_CUDA_GRAPH_KEYS     64   /* keys 1..64 of the ops_t graph hooks, one graph each */
 #define OPS_CUDA_MOE_MAX_E      1024 /* most experts the moe op routes */
-#define OPS_CUDA_SAMPLE_MAX_K   64   /* largest top_k the GPU sampler handles */
+#define OPS_CUDA_SAMPLE_MAX_K   64   /* largest top_k / nucleus the GPU sampler handles */
 #define OPS_CUDA_ATTN_MAX_D     64   /* largest head_dim of the attention kernels */
 #define OPS_CUDA_ATTN_MAX_GROUP 64   /* largest n_heads / n_kv_heads */
 
@@ -114,7 +115,7 @@ typedef struct {
     double min_p;       /* 0 = off */
     uint64_t seed;      /* request seed */
     uint64_t position;  /* absolute position of the token being sampled */
-    int32_t top_k;      /* 1..OPS_CUDA_SAMPLE_MAX_K (and < V) when temperature > 0 */
+    int32_t top_k;      /* 0 or >= V = off; 1..OPS_CUDA_SAMPLE_MAX_K on the GPU */
     int32_t reserved;   /* 0 */
 } ops_cuda_sample_t;
 
@@ -123,12 +124,25 @@ typedef struct {
 void ops_cuda_argmax(const ops_t *o, const float *logits, int R, int V, size_t stride,
                      int32_t *ids);
 /* ids[r] = the token sampling_sample (shardd/sampling.c) would pick for logits row r with
- * params[r], no penalties, no banned ids, vocab_limit V: greedy for temperature 0, else
- * min_p -> top_k -> top_p and a draw with u = sampling_uniform(seed, position), reproduced
- * bit-exactly on the device. Writes -1 for a row the GPU sampler does not handle (temperature > 0
- * with top_k outside 1..min(OPS_CUDA_SAMPLE_MAX_K, V-1), or every logit -inf); the caller then
- * samples that row on the CPU. Weights use CUDA's expf (within 2 ulp of glibc's), so a draw
- * that lands within rounding of a boundary can differ from the CPU sampler. Device pointers. */
+ * params[r], no penalties, no banned ids, vocab_limit V, or -1 for a row left to the CPU sampler
+ * (the caller then samples that row on the CPU). Device pointers; queued on o's stream.
+ * - temperature 0: the argmax (-1 only when every logit is -inf or NaN).
+ * - top_k in 1..min(OPS_CUDA_SAMPLE_MAX_K, V-1): min_p -> top_k -> top_p and the draw with
+ *   u = sampling_uniform(seed, position), step by step as the CPU's top-k path.
+ * - top_k 0 or >= V (the CPU's full-vocabulary path) with top_p < 1 and/or min_p > 0: drawn here
+ *   only when the answer provably lies among the 64 best ids above the min_p floor and no
+ *   rounding difference can change it. With mass = the weights of all ids above the floor
+ *   (block reduction) and delta = mass * (2^-19 + (V + 64) * 2^-50): for top_p < 1 the first
+ *   prefix of the ranked candidates whose sum S_K exceeds top_p * mass - delta must have
+ *   K <= 64 and S_K >= top_p * mass + delta; for top_p = 1 at most 64 ids may pass the floor;
+ *   the draw (in id order over the members, as the CPU) must exceed u * S_K by more than delta at
+ *   the chosen id and not come within delta before it. Otherwise -1: the nucleus or the min_p set
+ *   needs more than 64 ids, or a sum is within delta of a threshold.
+ * - -1 as well for temperature > 0 with top_k in 65..V-1, and for top_k 0 (or >= V) with top_p 1
+ *   and min_p 0 (plain temperature sampling over the whole vocabulary).
+ * Weights use CUDA's expf (within 2 ulp, glibc's within 1): on the top-k path a draw that lands
+ * within rounding of a boundary can differ from the CPU sampler; the full-vocabulary path's
+ * delta covers it. */
 void ops_cuda_sample(const ops_t *o, const float *logits, int R, int V, size_t stride,
                      const ops_cuda_sample_t *params, int32_t *ids);
 /* out[i] = sampling_uniform(seeds[i], positions[i]) computed on the device (a check that the

@@ -1,17 +1,40 @@
-/* sample: token choice on the GPU - argmax, and seeded top-k sampling that reproduces
+/* sample: token choice on the GPU - argmax, and seeded sampling that reproduces
  * shardd/sampling.c (sampling_sample) for the parameters it supports.
  *
  * One block per logits row. The sanitising (NaN -> -inf, +inf -> FLT_MAX), the ranking (higher
  * logit, then lower id), the min_p floor in logit space, the weights exp((v - mx) / T) in float,
- * the top_p prefix over the top-k candidates with double sums, and the inverse-CDF draw with
- * u = sampling_uniform(seed, position) follow the CPU code step by step; the uniform hash
+ * and u = sampling_uniform(seed, position) follow the CPU code step by step; the uniform hash
  * (SplitMix64 finaliser, two rounds) is the same integer arithmetic, so it is bit-exact.
- * Top-k is found by k block-wide arg-max passes, each taking the best id ranked below the
- * previous pick (ranking is a total order, so no id is taken twice): k <= 64 passes over V
- * floats that stay in L2.
+ * Candidates are found by block-wide arg-max passes, each taking the best id ranked below the
+ * previous pick (ranking is a total order, so no id is taken twice): at most
+ * OPS_CUDA_SAMPLE_MAX_K (64) passes over V floats that stay in L2.
  *
- * Not here: penalties, banned ids, logprobs, and top_p / min_p without top_k over the whole
- * vocabulary (the CPU histogram path). Rows that need them get -1 and go to the CPU sampler. */
+ * top_k in 1..min(64, V-1) (the CPU's top-k path): the k best ids at or above the floor, the
+ * top_p prefix over them with double sums in rank order and the inverse-CDF draw in rank order,
+ * exactly as the CPU code.
+ *
+ * top_k 0 or >= V (the CPU's full-vocabulary path) with top_p < 1 and/or min_p > 0: the CPU sums
+ * the weights of all V ids in id order (mass), finds the nucleus (smallest rank prefix whose mass
+ * reaches top_p * mass) through a histogram and a quickselect (a summation order the GPU cannot
+ * reproduce), and draws in id order over the members: first id whose cumulative weight exceeds
+ * u * total. Here the 64 best ids above the floor are taken, mass and the count of ids above the
+ * floor are block reductions over the whole row, and with
+ *     delta = mass * (2^-19 + (V + 64) * 2^-50)
+ * (a bound on every rounding difference between the two computations: sums of at most V
+ * positive terms in double, each <= V * 2^-53 * mass, and CUDA's expf within 3 ulp of glibc's,
+ * i.e. 3 * 2^-23 relative on every weight, on both sides of each comparison) the row is drawn
+ * here only when no decision can differ from the CPU's:
+ *   - top_p < 1: the nucleus is the first K <= 64 candidates, where K is the first prefix whose
+ *     sum S_K exceeds top_p * mass - delta, and S_K >= top_p * mass + delta (so S_{K-1} and S_K
+ *     lie on the same sides of the CPU's target as of ours);
+ *   - top_p = 1 (min_p > 0 only): every id above the floor is a candidate (count <= 64);
+ *   - the draw: the members sorted by id, cumulative sums c_j, target = u * c_K; the first j with
+ *     c_j > target - delta must have c_j > target + delta.
+ * Anything else (nucleus not reached within 64 candidates, more than 64 ids above the floor,
+ * a sum within delta of a threshold, plain temperature sampling with top_p 1 and min_p 0) gets
+ * -1 and is left to the CPU sampler.
+ *
+ * Not here: penalties, banned ids, logprobs, top_k in 65..V-1, and the rows above. */
 #include <float.h>
 #include <math.h>
 
@@ -73,6 +96,85 @@ __device__ void s_best_below(const float *x, int V, float pv, int pid, double fl
     __syncthreads(); /* sv/si are reused by the next call */
 }
 
+/* Block-wide mass and count of the ids of row x with v >= floor and v != -inf: *mass = sum of
+ * expf((v - mx) * inv_t) in double (block-reduction order, not the CPU's id order), *count = how
+ * many such ids. Every thread gets the result. */
+__device__ void s_mass(const float *x, int V, float mx, float inv_t, double floor, double *mass,
+                       int *count) {
+    __shared__ double sm[SM_THREADS / 32];
+    __shared__ int sc[SM_THREADS / 32];
+    double acc = 0.0;
+    int n = 0;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const float v = s_clean(x[i]);
+        if (v == -INFINITY || (double)v < floor) continue;
+        acc += (double)expf((v - mx) * inv_t);
+        n++;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        n += __shfl_xor_sync(0xffffffffu, n, o);
+    }
+    if ((threadIdx.x & 31) == 0) sm[threadIdx.x >> 5] = acc, sc[threadIdx.x >> 5] = n;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            sm[0] += sm[w], sc[0] += sc[w];
+    }
+    __syncthreads();
+    *mass = sm[0];
+    *count = sc[0];
+    __syncthreads();
+}
+
+/* The full-vocabulary path (top_k 0 or >= V) on the m best candidates cv/ci (rank order) with
+ * weights w, given the row's mass and count above the floor: the CPU's token, or -1 when the
+ * nucleus needs more than the candidates or a rounding difference could change a decision (see
+ * the file comment). Thread-local; m <= OPS_CUDA_SAMPLE_MAX_K. */
+__device__ int s_full_draw(const float *w, const int *ci, int m, double mass, int count, int V,
+                           double top_p, double u) {
+    const double delta = mass * (0x1.0p-19 + ((double)V + 64.0) * 0x1.0p-50);
+    int keep;
+    if (top_p < 1.0) {
+        const double target = top_p * mass;
+        double acc = 0.0;
+        keep = -1;
+        for (int i = 0; i < m; i++) {
+            acc += w[i];
+            if (acc > target - delta) {
+                if (!(acc >= target + delta)) return -1; /* too close to the CPU's target */
+                keep = i + 1;
+                break;
+            }
+        }
+        if (keep < 0) return -1; /* the nucleus needs more than the candidates */
+    } else {
+        if (count > m) return -1; /* more ids above the floor than candidates */
+        keep = m;
+    }
+    /* members in id order (the CPU draws in id order: s_draw_ids) */
+    int order[OPS_CUDA_SAMPLE_MAX_K];
+    for (int i = 0; i < keep; i++) {
+        int j = i;
+        while (j > 0 && ci[order[j - 1]] > ci[i]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = i;
+    }
+    double total = 0.0;
+    for (int j = 0; j < keep; j++)
+        total += w[order[j]];
+    const double target = u * total;
+    double acc = 0.0;
+    for (int j = 0; j < keep; j++) {
+        acc += w[order[j]];
+        if (acc > target - delta) return acc > target + delta ? ci[order[j]] : -1;
+    }
+    return -1;
+}
+
 __global__ void __launch_bounds__(SM_THREADS)
     k_argmax(const float *logits, int V, size_t stride, int32_t *ids) {
     float v;
@@ -95,14 +197,19 @@ __global__ void __launch_bounds__(SM_THREADS)
         if (threadIdx.x == 0) ids[blockIdx.x] = best;
         return;
     }
-    const int k = p.top_k;
-    if (k < 1 || k > OPS_CUDA_SAMPLE_MAX_K || k >= V) { /* the CPU's full-vocabulary path */
-        if (threadIdx.x == 0) ids[blockIdx.x] = -1;
+    const bool full = p.top_k < 1 || p.top_k >= V; /* the CPU's full-vocabulary path */
+    if ((!full && p.top_k > OPS_CUDA_SAMPLE_MAX_K) ||
+        (full && !(p.top_p < 1.0) && !(p.min_p > 0.0))) {
+        if (threadIdx.x == 0) ids[blockIdx.x] = -1; /* top_k 65..V-1, or plain temperature */
         return;
     }
+    const int k = full ? OPS_CUDA_SAMPLE_MAX_K : p.top_k;
     const double t = p.temperature;
     const float inv_t = 1.0 / t > FLT_MAX ? FLT_MAX : (float)(1.0 / t);
     const double floor = p.min_p > 0.0 ? (double)mx + t * log(p.min_p) : -INFINITY;
+    double fmass = 0.0;
+    int fcount = 0;
+    if (full) s_mass(x, V, mx, inv_t, floor, &fmass, &fcount);
     /* the k best ids at or above the floor, best first (as s_select_top) */
     int m = 0;
     float pv = 0.0f;
@@ -121,6 +228,11 @@ __global__ void __launch_bounds__(SM_THREADS)
     for (int i = 0; i < m; i++) {
         w[i] = expf((cv[i] - mx) * inv_t);
         mass += w[i];
+    }
+    if (full) {
+        ids[blockIdx.x] =
+            s_full_draw(w, ci, m, fmass, fcount, V, p.top_p, s_uniform(p.seed, p.position));
+        return;
     }
     if (p.top_p < 1.0) {
         const double target = p.top_p * mass;

@@ -21,6 +21,7 @@
  * Without a CUDA device it prints "test_cuda_ops: skipped (no CUDA device)" and exits 77, which
  * ctest reports as skipped (SKIP_RETURN_CODE). Not here: the whole forward pass on the GPU
  * (tests/cuda/test_cuda_engine.c). */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -505,6 +506,156 @@ static void s_test_attention(void) {
 
 /* ---- sampling ------------------------------------------------------------------------------ */
 
+typedef struct {
+    float v, w;
+    int32_t id;
+} s_scand_t;
+
+static int s_scand_rank(const void *pa, const void *pb) { /* higher logit, then lower id */
+    const s_scand_t *a = pa, *b = pb;
+    if (a->v != b->v) return a->v > b->v ? -1 : 1;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+static int s_scand_id(const void *pa, const void *pb) {
+    const s_scand_t *a = pa, *b = pb;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+/* For a temperature > 0 row on sampling_sample's full-vocabulary path (top_k 0 or >= V), why the
+ * GPU sampler may leave it to the CPU, recomputed here with plain sorted sums: 1 when the
+ * nucleus (top_p < 1) or the set above the min_p floor (top_p = 1) holds more than
+ * OPS_CUDA_SAMPLE_MAX_K ids, or neither top_p nor min_p is on; 2 when the nucleus boundary or the
+ * draw lies within 1e-5 * mass of a threshold (the GPU's rounding guard, far narrower, may then
+ * decline it); 0 when the GPU must draw the row itself. *nucleus = the member count. */
+static int s_full_row_needs_cpu(const float *logits, int V, const sampling_params_t *p,
+                                uint64_t position, int *nucleus) {
+    *nucleus = -1;
+    if (!(p->top_p < 1.0) && !(p->min_p > 0.0)) return 1;
+    float mx = -INFINITY;
+    for (int i = 0; i < V; i++) {
+        float v = isnan(logits[i]) ? -INFINITY : (logits[i] == INFINITY ? FLT_MAX : logits[i]);
+        if (v > mx) mx = v;
+    }
+    const double t = p->temperature;
+    const float inv_t = 1.0 / t > FLT_MAX ? FLT_MAX : (float)(1.0 / t);
+    const double floor = p->min_p > 0.0 ? (double)mx + t * log(p->min_p) : -INFINITY;
+    s_scand_t *c = malloc((size_t)V * sizeof *c);
+    int n = 0;
+    double mass = 0.0;
+    for (int i = 0; i < V; i++) {
+        float v = isnan(logits[i]) ? -INFINITY : (logits[i] == INFINITY ? FLT_MAX : logits[i]);
+        if (v == -INFINITY || (double)v < floor) continue;
+        c[n] = (s_scand_t){.v = v, .w = expf((v - mx) * inv_t), .id = i};
+        mass += c[n++].w;
+    }
+    qsort(c, (size_t)n, sizeof *c, s_scand_rank);
+    const double eps = 1e-5 * mass;
+    int keep = n, near = 0;
+    if (p->top_p < 1.0) {
+        const double target = p->top_p * mass;
+        double acc = 0.0;
+        for (int i = 0; i < n; i++) {
+            const double prev = acc;
+            acc += c[i].w;
+            if (acc >= target) {
+                keep = i + 1;
+                near = prev > target - eps || acc < target + eps;
+                break;
+            }
+        }
+    }
+    *nucleus = keep;
+    int why = 0;
+    if (keep > OPS_CUDA_SAMPLE_MAX_K) {
+        why = 1;
+    } else {
+        qsort(c, (size_t)keep, sizeof *c, s_scand_id); /* the CPU draws in id order */
+        double total = 0.0, acc = 0.0;
+        for (int i = 0; i < keep; i++)
+            total += c[i].w;
+        const double target = sampling_uniform(p->seed, position) * total;
+        for (int i = 0; i < keep; i++) {
+            const double prev = acc;
+            acc += c[i].w;
+            if (acc > target) {
+                near |= prev > target - eps || acc < target + eps;
+                break;
+            }
+        }
+        why = near ? 2 : 0;
+    }
+    free(c);
+    return why;
+}
+
+/* Runs ops_cuda_sample (and argmax) on R rows and compares them with sampling_sample: greedy and
+ * top-k rows must equal the CPU token; full-vocabulary rows (top_k 0 or >= V) either equal it or
+ * are -1, and -1 only where s_full_row_needs_cpu says the GPU may decline. */
+static void s_check_sample_rows(const char *what, const float *lg, int R, int V, size_t stride,
+                                const ops_cuda_sample_t *sp) {
+    float *dlg = s_dev(lg, (size_t)R * stride * sizeof(float));
+    ops_cuda_sample_t *dsp = s_dev(sp, (size_t)R * sizeof *sp);
+    int32_t *dam = s_poisoned((size_t)R * 4), *dsm = s_poisoned((size_t)R * 4);
+    ops_cuda_argmax(g_gpu, dlg, R, V, stride, dam);
+    ops_cuda_sample(g_gpu, dlg, R, V, stride, dsp, dsm);
+    int32_t *gam = s_get(dam, (size_t)R * 4), *gsm = s_get(dsm, (size_t)R * 4);
+    sampling_ws_t *ws = sampling_ws_new();
+    int am_ok = 0, sm_ok = 0, sm_cpu = 0, sm_near = 0, sm_full = 0;
+    for (int r = 0; r < R; r++) {
+        const float *x = lg + (size_t)r * stride;
+        sampling_params_t p;
+        sampling_params_init(&p);
+        p.temperature = 0.0;
+        sampling_result_t res;
+        gerr_t err = {{0}};
+        int rc = sampling_sample(&p, NULL, x, V, 0, ws, &res, &err);
+        CHECK(rc == 0);
+        am_ok += gam[r] == res.token;
+        CHECK_MSG(gam[r] == res.token, "argmax row %d: gpu %d cpu %d", r, gam[r], res.token);
+        p.temperature = sp[r].temperature;
+        p.top_k = sp[r].top_k;
+        p.top_p = sp[r].top_p;
+        p.min_p = sp[r].min_p;
+        p.seed = sp[r].seed;
+        rc = sampling_sample(&p, NULL, x, V, sp[r].position, ws, &res, &err);
+        CHECK(rc == 0);
+        const bool full = p.temperature > 0.0 && (p.top_k == 0 || p.top_k >= V);
+        if (p.temperature > 0.0 && !full && p.top_k > OPS_CUDA_SAMPLE_MAX_K) {
+            sm_cpu++;
+            CHECK_MSG(gsm[r] == -1, "sample row %d: top_k %d should be left to the CPU (got %d)", r,
+                      p.top_k, gsm[r]);
+            continue;
+        }
+        if (full) {
+            sm_full++;
+            int nucleus;
+            const int why = s_full_row_needs_cpu(x, V, &p, sp[r].position, &nucleus);
+            if (gsm[r] == -1) {
+                sm_cpu++;
+                sm_near += why == 2;
+                CHECK_MSG(why != 0,
+                          "sample row %d (T %.2f k %d p %.2f min_p %.2f): left to the CPU but its "
+                          "%d members fit in %d candidates",
+                          r, p.temperature, p.top_k, p.top_p, p.min_p, nucleus,
+                          OPS_CUDA_SAMPLE_MAX_K);
+                continue;
+            }
+        }
+        sm_ok += gsm[r] == res.token;
+        CHECK_MSG(gsm[r] == res.token,
+                  "sample row %d (T %.2f k %d p %.2f min_p %.2f): gpu %d cpu %d", r, p.temperature,
+                  p.top_k, p.top_p, p.min_p, gsm[r], res.token);
+    }
+    printf("  %-58s %d / %d\n", "argmax == sampling_sample(temperature 0)", am_ok, R);
+    printf("  %-58s %d / %d (%d left to the CPU, %d of them near a rounding threshold; %d rows "
+           "without top-k)\n",
+           what, sm_ok, R - sm_cpu, sm_cpu, sm_near, sm_full);
+    sampling_ws_destroy(&ws);
+    free(gam), free(gsm);
+    s_free(dlg), s_free(dsp), s_free(dam), s_free(dsm);
+}
+
 static void s_test_sampling(void) {
     printf("sampling\n");
     /* the device hash is the CPU one */
@@ -549,49 +700,37 @@ static void s_test_sampling(void) {
         sp[r].seed = 1000u + (uint64_t)r * 77u;
         sp[r].position = (uint64_t)r * 13u;
     }
-    float *dlg = s_dev(lg, (size_t)R * stride * sizeof(float));
-    ops_cuda_sample_t *dsp = s_dev(sp, (size_t)R * sizeof *sp);
-    int32_t *dam = s_poisoned((size_t)R * 4), *dsm = s_poisoned((size_t)R * 4);
-    ops_cuda_argmax(g_gpu, dlg, R, V, stride, dam);
-    ops_cuda_sample(g_gpu, dlg, R, V, stride, dsp, dsm);
-    int32_t *gam = s_get(dam, (size_t)R * 4), *gsm = s_get(dsm, (size_t)R * 4);
-    sampling_ws_t *ws = sampling_ws_new();
-    int am_ok = 0, sm_ok = 0, sm_cpu = 0;
+    s_check_sample_rows("sample == sampling_sample", lg, R, V, stride, sp);
+
+    /* top_p / min_p without top-k (top_k 0, or >= V: the same CPU path). Peaked rows put a
+     * handful to a few dozen ids far above a flat background, so the nucleus or the min_p set
+     * fits in 64 candidates; flat rows need thousands of ids and go to the CPU. */
     for (int r = 0; r < R; r++) {
-        sampling_params_t p;
-        sampling_params_init(&p);
-        p.temperature = 0.0;
-        sampling_result_t res;
-        gerr_t err = {{0}};
-        int rc = sampling_sample(&p, NULL, lg + (size_t)r * stride, V, 0, ws, &res, &err);
-        CHECK(rc == 0);
-        am_ok += gam[r] == res.token;
-        CHECK_MSG(gam[r] == res.token, "argmax row %d: gpu %d cpu %d", r, gam[r], res.token);
-        p.temperature = sp[r].temperature;
-        p.top_k = sp[r].top_k;
-        p.top_p = sp[r].top_p;
-        p.min_p = sp[r].min_p;
-        p.seed = sp[r].seed;
-        rc = sampling_sample(&p, NULL, lg + (size_t)r * stride, V, sp[r].position, ws, &res, &err);
-        CHECK(rc == 0);
-        const bool gpu_handles = p.temperature == 0.0 || (p.top_k >= 1 && p.top_k <= 64);
-        if (!gpu_handles) {
-            sm_cpu++;
-            CHECK_MSG(gsm[r] == -1, "sample row %d: top_k %d should be left to the CPU (got %d)", r,
-                      p.top_k, gsm[r]);
-            continue;
+        float *x = lg + (size_t)r * stride;
+        const int peaked = r % 3 != 2;
+        for (int i = 0; i < V; i++)
+            x[i] = s_unif() * 4.0f;
+        if (peaked) {
+            const int np = 1 + (int)(s_next() % 40);
+            for (int j = 0; j < np; j++)
+                x[s_next() % V] = 16.0f + 2.0f * s_unif() + (r % 2 ? 6.0f : 0.0f);
         }
-        sm_ok += gsm[r] == res.token;
-        CHECK_MSG(gsm[r] == res.token,
-                  "sample row %d (T %.2f k %d p %.2f min_p %.2f): gpu %d cpu %d", r, p.temperature,
-                  p.top_k, p.top_p, p.min_p, gsm[r], res.token);
+        x[s_next() % V] = NAN;
+        if (r == 7) x[4321] = INFINITY;
     }
-    printf("  %-58s %d / %d\n", "argmax == sampling_sample(temperature 0)", am_ok, R);
-    printf("  %-58s %d / %d (%d left to the CPU)\n", "sample == sampling_sample", sm_ok, R - sm_cpu,
-           sm_cpu);
-    sampling_ws_destroy(&ws);
-    free(lg), free(sp), free(gam), free(gsm);
-    s_free(dlg), s_free(dsp), s_free(dam), s_free(dsm);
+    const double tps[] = {0.5, 0.9, 1.0, 0.9, 0.5, 0.99, 1.0, 0.3};
+    const double mps[] = {0.0, 0.0, 0.05, 0.1, 0.0, 0.0, 0.2, 0.01};
+    for (int r = 0; r < R; r++) {
+        sp[r].temperature = 0.6 + 0.2 * (r % 5);
+        sp[r].top_k = r == 3 ? V : (r == 9 ? V + 7 : 0);
+        sp[r].top_p = tps[r % 8];
+        sp[r].min_p = mps[r % 8];
+        sp[r].seed = 5000u + (uint64_t)r * 31u;
+        sp[r].position = (uint64_t)r * 101u + 7u;
+    }
+    sp[R - 1].top_p = 1.0, sp[R - 1].min_p = 0.0; /* plain temperature: always the CPU */
+    s_check_sample_rows("sample (top_k 0, top_p/min_p) == sampling_sample", lg, R, V, stride, sp);
+    free(lg), free(sp);
 }
 
 /* ---- memory members, gather_rows, moe ------------------------------------------------------ */
