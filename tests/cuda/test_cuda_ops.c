@@ -240,7 +240,7 @@ static void s_test_matmul_mxfp4(void) {
  */
 
 static void s_test_elementwise(void) {
-    printf("embed, rmsnorm, rope, swiglu, add, axpy\n");
+    printf("embed, rmsnorm, add_rmsnorm, rope, swiglu, add, axpy\n");
     const int H = 2880, vocab = 1000;
     for (int ti = 0; ti < S_NT; ti++) {
         const int T = s_Ts[ti];
@@ -281,8 +281,23 @@ static void s_test_elementwise(void) {
         got = s_get(dx, n * sizeof(float));
         snprintf(what, sizeof what, "rmsnorm %d T=%d in place", H, T);
         s_cmp(what, got, want, n, 1e-5);
-        free(got), free(w);
-        s_free(dw);
+        free(got);
+
+        /* add_rmsnorm: x += y, out = rmsnorm(x) * w; both x and out compared, out poisoned */
+        float *x2 = s_f32_rand(n, 3.0f), *y2 = s_f32_rand(n, 1.0f);
+        float *dx2 = s_dev(x2, n * sizeof(float)), *dy2 = s_dev(y2, n * sizeof(float));
+        ops_cuda_memset(g_gpu, dy, 0xff, n * sizeof(float));
+        g_cpu->add_rmsnorm(g_cpu, x2, y2, w, T, H, 1e-5f, want);
+        g_gpu->add_rmsnorm(g_gpu, dx2, dy2, dw, T, H, 1e-5f, dy);
+        got = s_get(dy, n * sizeof(float));
+        snprintf(what, sizeof what, "add_rmsnorm %d T=%d (out)", H, T);
+        s_cmp(what, got, want, n, 1e-5);
+        free(got);
+        got = s_get(dx2, n * sizeof(float));
+        snprintf(what, sizeof what, "add_rmsnorm %d T=%d (x += y)", H, T);
+        s_cmp(what, got, x2, n, 1e-5);
+        free(got), free(x2), free(y2), free(w);
+        s_free(dx2), s_free(dy2), s_free(dw);
 
         /* rope on 64 heads of 64 (q) with a YaRN table at scattered positions */
         const int nh = 64, D = 64;
