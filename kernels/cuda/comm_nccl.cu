@@ -62,7 +62,11 @@ static void s_break(nccl_t *n, const char *why) {
             log_msg(LOG_LEVEL_ERROR, "comm", "ncclCommAbort failed: %s", ncclGetErrorString(r));
         n->comm = NULL;
     }
-    if (!n->broken[0]) snprintf(n->broken, sizeof n->broken, "%s", why);
+    if (!n->broken[0]) { /* the reason, cut to the buffer (a copy: no format-truncation) */
+        const size_t len = strnlen(why, sizeof n->broken - 1);
+        memcpy(n->broken, why, len);
+        n->broken[len] = '\0';
+    }
 }
 
 /* Logs and reports a failed NCCL call; breaks the comm. */
