@@ -75,6 +75,13 @@ static void s_mm_task(void *arg, int task, int thread) {
         j->cpu->kern->mxfp4_rows(j->x, j->T, j->wm, j->bias, r0, r1, j->y);
 }
 
+/* Rows per task of a matmul with T tokens on `threads` threads: 16 for the token tiles, else
+ * about 8 tasks per thread, between 4 and 64 rows (the split never changes a result). */
+static int s_mm_chunk(int rows, int T, int threads) {
+    int chunk = T >= 4 ? 16 : (rows + threads * 8 - 1) / (threads * 8);
+    return chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+}
+
 static void s_mm_run(const s_cpu_t *c, s_mm_job_t *j, int cols) {
     int threads = cpu_pool_size(c->pool);
     double work = (double)j->rows * cols * j->T;
@@ -83,9 +90,7 @@ static void s_mm_run(const s_cpu_t *c, s_mm_job_t *j, int cols) {
         s_mm_task(j, 0, 0);
         return;
     }
-    int chunk = j->T >= 4 ? 16 : (j->rows + threads * 8 - 1) / (threads * 8);
-    if (chunk < 4) chunk = 4;
-    if (chunk > 64) chunk = 64;
+    const int chunk = s_mm_chunk(j->rows, j->T, threads);
     j->chunk = chunk;
     cpu_pool_run(c->pool, (j->rows + chunk - 1) / chunk, s_mm_task, j);
 }
@@ -456,7 +461,7 @@ static void s_moe_task(void *arg, int task, int thread) {
 }
 
 /* Every active expert's matmul of one set in one pool run: tasks are (expert, row chunk)
- * pairs with the chunking s_mm_run would use for that expert's token count, so the threads
+ * pairs with s_mm_run's chunking (s_mm_chunk) for that expert's token count, so the threads
  * balance over all experts instead of joining after each (a batched decode step has ~28
  * small experts per layer). A (row, token) result does not depend on the split (cpu_kern.h). */
 static void s_moe_matmuls(s_cpu_t *c, const ops_experts_t *set, const float *x,
@@ -467,8 +472,7 @@ static void s_moe_matmuls(s_cpu_t *c, const ops_experts_t *set, const float *x,
     for (int e = 0; e < E; e++) {
         const int n = estart[e + 1] - estart[e];
         if (!n) continue;
-        int chunk = n >= 4 ? 16 : (rows + threads * 8 - 1) / (threads * 8);
-        chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+        const int chunk = s_mm_chunk(rows, n, threads);
         n_tasks += (rows + chunk - 1) / chunk;
         work += (double)rows * cols * n;
     }
@@ -478,8 +482,7 @@ static void s_moe_matmuls(s_cpu_t *c, const ops_experts_t *set, const float *x,
     for (int e = 0; e < E; e++) {
         const int n = estart[e + 1] - estart[e];
         if (!n) continue;
-        int chunk = n >= 4 ? 16 : (rows + threads * 8 - 1) / (threads * 8);
-        chunk = chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+        const int chunk = s_mm_chunk(rows, n, threads);
         for (int r0 = 0; r0 < rows; r0 += chunk)
             tasks[i++] = (s_moe_task_t){e, r0, r0 + chunk < rows ? r0 + chunk : rows};
     }

@@ -36,14 +36,11 @@ void cuda_op_embed(const ops_t *o, const uint16_t *table, size_t stride, int n, 
 
 /* ---- rmsnorm ----------------------------------------------------------------------------- */
 
-/* One block per row; each thread reads and later writes the same elements, so out may be x. */
-__global__ void k_rmsnorm(const float *x, const uint16_t *w, int n, float eps, float *out) {
+/* The end of both norm kernels: the block's sum of the per-thread ss, then yt[i] = (xt[i] *
+ * inv) * w[i] over the elements this thread owns (i = threadIdx.x, + blockDim.x, ...). */
+__device__ void s_rms_finish(const float *xt, float ss, const uint16_t *w, int n, float eps,
+                             float *yt) {
     __shared__ float part[S_THREADS / 32];
-    const float *xt = x + (size_t)blockIdx.x * n;
-    float *yt = out + (size_t)blockIdx.x * n;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        ss += xt[i] * xt[i];
     ss = cuda_warp_sum(ss);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
     __syncthreads();
@@ -55,29 +52,28 @@ __global__ void k_rmsnorm(const float *x, const uint16_t *w, int n, float eps, f
         yt[i] = (xt[i] * inv) * cuda_bf16_to_f32(w[i]);
 }
 
+/* One block per row; each thread reads and later writes the same elements, so out may be x. */
+__global__ void k_rmsnorm(const float *x, const uint16_t *w, int n, float eps, float *out) {
+    const float *xt = x + (size_t)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        ss += xt[i] * xt[i];
+    s_rms_finish(xt, ss, w, n, eps, out + (size_t)blockIdx.x * n);
+}
+
 /* x += y, then the rmsnorm of k_rmsnorm on the new x; each thread writes back and later reads
  * only its own elements of x. */
 __global__ void k_add_rmsnorm(float *x, const float *y, const uint16_t *w, int n, float eps,
                               float *out) {
-    __shared__ float part[S_THREADS / 32];
     float *xt = x + (size_t)blockIdx.x * n;
     const float *ys = y + (size_t)blockIdx.x * n;
-    float *yt = out + (size_t)blockIdx.x * n;
     float ss = 0.0f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         const float v = xt[i] + ys[i];
         xt[i] = v;
         ss += v * v;
     }
-    ss = cuda_warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    float tot = 0.0f;
-    for (int i = 0; i < (int)(blockDim.x >> 5); i++)
-        tot += part[i];
-    const float inv = (float)(1.0 / sqrt((double)tot / n + (double)eps));
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        yt[i] = (xt[i] * inv) * cuda_bf16_to_f32(w[i]);
+    s_rms_finish(xt, ss, w, n, eps, out + (size_t)blockIdx.x * n);
 }
 
 void cuda_op_add_rmsnorm(const ops_t *o, float *x, const float *y, const uint16_t *w, int T, int n,
