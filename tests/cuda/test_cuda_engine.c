@@ -7,12 +7,22 @@
  * time with `$GPTOSS_BIN/gptoss-mkmodel --preset 20b --layers 2` into a temporary folder (or the
  * folder in GPTOSS_CUDA_TEST_MODEL, if set). Steps: one prefill of three sequences (lengths P,
  * P - 5 and 7; every position's logits for the first), then decode steps of all three (T = 3:
- * eager, graph capture, replays) and of the first alone (T = 1), each fed the CPU's argmax so both
- * engines see the same tokens. Bounds: relative L2 error of every logits row
- * ||gpu - cpu|| / ||cpu|| <= 2e-2 (the CUDA matmuls round activations to bf16; the CPU keeps
- * fp32), and argmax agreement on at least 90% of the rows (near-ties may flip). Logits buffers
- * are poisoned with 0xff bytes before every step. Prints the worst error and the agreement per
- * model.
+ * eager, graph capture, replays) and of the first alone (T = 1), each fed the CPU's argmax so all
+ * engines see the same tokens.
+ *
+ * Three engines run every step: the GPU, the exact fp32 CPU, and the CPU with the GPU's
+ * numerics (bf16emu.h: every matmul and MoE input rounded to bf16). Bounds: relative L2 error of
+ * every logits row against the bf16 emulation ||gpu - emu|| / ||emu|| <= 1e-2, where only fp32
+ * summation order differs (measured on an H200: <= 1e-7 on tiny-a; <= 3.9e-3 on the 20b shape,
+ * whose 2880-long sums move more activations across bf16 rounding boundaries; against the fp32
+ * CPU the same rows are off by up to 2e-2, and 0.33 where a routing decision flips); a row over
+ * it passes only when the emulation's routing of that
+ * token had a near-tie (k-th and (k+1)-th router logits closer than 1e-3 of their RMS in some
+ * layer, where any rounding difference may pick another expert), at most 10% of the rows. Against
+ * the fp32 CPU (error of bf16 activations, up to ~3e-1 in a row whose routing flips) the argmax
+ * must agree on at least 90% of the rows; the errors are printed with the emulation's own error,
+ * which shows how much of the gap bf16 activations alone explain. Logits buffers are poisoned
+ * with 0xff bytes before every step.
  *
  * Without a CUDA device it prints "test_cuda_engine: skipped (no CUDA device)" and exits 77 (ctest:
  * skipped). Not here: tensor parallelism on GPUs (NCCL), sampling on the device. */
@@ -25,17 +35,21 @@
 
 #include "cpu/ops_cpu.h"
 #include "cuda/ops_cuda.h"
+#include "bf16emu.h"
 #include "cuda/weights_cuda.h"
 #include "engine.h"
 #include "kvcache.h"
 #include "tcheck.h"
 #include "weights.h"
 
-#define S_REL_L2_TOL 2e-2 /* per logits row */
-#define S_ARGMAX_MIN 0.90 /* fraction of rows whose argmax must agree */
+#define S_EMU_TOL    1e-2 /* per logits row, GPU vs the bf16 emulation */
+#define S_TIE        1e-3 /* routing margin (of the logits' RMS) under which a row is excused */
+#define S_TIE_MAX    0.10 /* fraction of rows that may be excused */
+#define S_ARGMAX_MIN 0.90 /* fraction of rows whose argmax must agree with the fp32 CPU */
 #define S_NSEQ       3
 
 static ops_t *g_gpu, *g_cpu;
+static bf16emu_t g_emu; /* the CPU with the GPU's roundings */
 
 /* One engine and the KV reservations of its sequences. */
 typedef struct {
@@ -45,8 +59,8 @@ typedef struct {
 
 /* Statistics over every compared row of one model. */
 typedef struct {
-    double worst;
-    int rows, agree;
+    double worst_emu, worst_cpu, worst_emu_cpu; /* gpu vs emu, gpu vs cpu, emu vs cpu */
+    int rows, agree, excused;
 } s_stats_t;
 
 static int s_argmax(const float *x, int V) {
@@ -83,31 +97,47 @@ static int s_step(s_side_t *s, const int *which, int n, int32_t *const *toks, co
     return rc;
 }
 
-/* Compares rows of logits (a non-finite GPU value counts as an infinite error); updates st. */
-static void s_cmp_rows(const char *what, const float *got, const float *want, int rows, int V,
-                       s_stats_t *st) {
-    double worst = 0.0;
-    int agree = 0, bad = 0;
-    for (int r = 0; r < rows; r++) {
-        const float *g = got + (size_t)r * V, *c = want + (size_t)r * V;
-        double d2 = 0.0, c2 = 0.0;
-        int nonfinite = 0;
-        for (int i = 0; i < V; i++) {
-            if (!isfinite(g[i])) nonfinite++;
-            d2 += ((double)g[i] - c[i]) * ((double)g[i] - c[i]);
-            c2 += (double)c[i] * c[i];
-        }
-        double rel = nonfinite ? INFINITY : sqrt(d2 / (c2 > 0 ? c2 : 1e-30));
-        if (rel > worst) worst = rel;
-        if (rel > S_REL_L2_TOL) bad++;
-        agree += s_argmax(g, V) == s_argmax(c, V);
+/* ||a - b|| / ||b|| over V values (a non-finite value in a: infinite). */
+static double s_rel(const float *a, const float *b, int V) {
+    double d2 = 0.0, b2 = 0.0;
+    for (int i = 0; i < V; i++) {
+        if (!isfinite(a[i])) return INFINITY;
+        d2 += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+        b2 += (double)b[i] * b[i];
     }
-    printf("  %-50s rows %3d  worst rel L2 %.3g  argmax %d/%d\n", what, rows, worst, agree, rows);
-    CHECK_MSG(bad == 0, "%s: %d rows over rel L2 %.0e (worst %.3g)", what, bad, S_REL_L2_TOL,
-              worst);
-    if (worst > st->worst) st->worst = worst;
-    st->rows += rows;
-    st->agree += agree;
+    return sqrt(d2 / (b2 > 0 ? b2 : 1e-30));
+}
+
+/* Compares rows of logits of the GPU (got) with the emulation (emu) and the fp32 CPU (cpu);
+ * tok[r]: row r's token index in the step (for the emulation's routing margins). Updates st. */
+static void s_cmp_rows(const char *what, const float *got, const float *emu, const float *cpu,
+                       const int *tok, int rows, int V, s_stats_t *st) {
+    double we = 0.0, wc = 0.0, wec = 0.0;
+    int agree = 0, bad = 0, excused = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *g = got + (size_t)r * V, *e = emu + (size_t)r * V, *c = cpu + (size_t)r * V;
+        const double re = s_rel(g, e, V), rc = s_rel(g, c, V), rec = s_rel(e, c, V);
+        we = re > we ? re : we, wc = rc > wc ? rc : wc, wec = rec > wec ? rec : wec;
+        agree += s_argmax(g, V) == s_argmax(c, V);
+        if (!(re <= S_EMU_TOL)) {
+            const double margin = bf16emu_margin(&g_emu, tok[r]);
+            const bool tie = margin < S_TIE;
+            tie ? excused++ : bad++;
+            printf("    row %d (token %d): gpu vs emu %.3g, gpu vs cpu %.3g, emu vs cpu %.3g; "
+                   "routing margin %.3g -> %s\n",
+                   r, tok[r], re, rc, rec, margin, tie ? "near-tie, excused" : "NOT a near-tie");
+        }
+    }
+    printf("  %-42s rows %3d  gpu-emu %.3g  gpu-cpu %.3g  emu-cpu %.3g  argmax %d/%d\n", what, rows,
+           we, wc, wec, agree, rows);
+    CHECK_MSG(bad == 0,
+              "%s: %d rows over rel L2 %.0e against the bf16 emulation without a routing "
+              "near-tie (worst %.3g)",
+              what, bad, S_EMU_TOL, we);
+    st->worst_emu = we > st->worst_emu ? we : st->worst_emu;
+    st->worst_cpu = wc > st->worst_cpu ? wc : st->worst_cpu;
+    st->worst_emu_cpu = wec > st->worst_emu_cpu ? wec : st->worst_emu_cpu;
+    st->rows += rows, st->agree += agree, st->excused += excused;
 }
 
 /* The comparison on one model folder. */
@@ -129,10 +159,11 @@ static void s_model(const char *dir, const char *label, int P, int n_decode) {
            ls.seconds, ls.gbps);
     CHECK(dw->bytes_per_token == hw->bytes_per_token && dw->cfg.hidden_size == hw->cfg.hidden_size);
     engine_opts_t eo = {.kv_budget_bytes = (size_t)256 << 20, .max_seqs = 4, .max_chunk = 64};
-    s_side_t cpu = {0}, gpu = {0};
+    s_side_t cpu = {0}, emu = {0}, gpu = {0};
     CHECK_MSG(engine_new(hw, g_cpu, &eo, &cpu.e, &err) == 0, "cpu engine: %s", err.msg);
+    CHECK_MSG(engine_new(hw, &g_emu.ops, &eo, &emu.e, &err) == 0, "emulation engine: %s", err.msg);
     CHECK_MSG(engine_new(dw, g_gpu, &eo, &gpu.e, &err) == 0, "cuda engine: %s", err.msg);
-    if (!cpu.e || !gpu.e) goto done;
+    if (!cpu.e || !emu.e || !gpu.e) goto done;
     {
         const int V = engine_vocab(cpu.e), vmax = V < 200000 ? V : 199998;
         const int lens[S_NSEQ] = {P, P - 5, 7}, ctx = P + n_decode + 8;
@@ -147,6 +178,8 @@ static void s_model(const char *dir, const char *label, int P, int n_decode) {
         }
         float *lc = malloc(sizeof(float) * (size_t)V * (P + S_NSEQ));
         float *lg = malloc(sizeof(float) * (size_t)V * (P + S_NSEQ));
+        float *le = malloc(sizeof(float) * (size_t)V * (P + S_NSEQ));
+        int tok[64]; /* row -> token index in the step */
         s_stats_t st = {0};
         const int all[S_NSEQ] = {0, 1, 2};
         int start[S_NSEQ] = {0, 0, 0}, len[S_NSEQ];
@@ -154,8 +187,13 @@ static void s_model(const char *dir, const char *label, int P, int n_decode) {
         /* prefill: all positions of sequence 0, the last of the others */
         int rows = P + S_NSEQ - 1;
         CHECK(s_step(&cpu, all, S_NSEQ, toks, start, len, true, lc) == 0);
+        bf16emu_log_reset(&g_emu);
+        CHECK(s_step(&emu, all, S_NSEQ, toks, start, len, true, le) == 0);
         CHECK(s_step(&gpu, all, S_NSEQ, toks, start, len, true, lg) == 0);
-        s_cmp_rows("prefill 3 seqs (all logits of the first)", lg, lc, rows, V, &st);
+        for (int r = 0; r < P; r++)
+            tok[r] = r;
+        tok[P] = P + lens[1] - 1, tok[P + 1] = P + lens[1] + lens[2] - 1;
+        s_cmp_rows("prefill 3 seqs (all logits of the first)", lg, le, lc, tok, rows, V, &st);
         /* the next token of each sequence: the CPU's argmax of its last row */
         int last[S_NSEQ] = {P - 1, P, P + 1};
         int pos[S_NSEQ];
@@ -167,35 +205,49 @@ static void s_model(const char *dir, const char *label, int P, int n_decode) {
             for (int i = 0; i < S_NSEQ; i++)
                 start[i] = pos[i], len[i] = 1;
             CHECK(s_step(&cpu, all, S_NSEQ, toks, start, len, false, lc) == 0);
+            bf16emu_log_reset(&g_emu);
+            CHECK(s_step(&emu, all, S_NSEQ, toks, start, len, false, le) == 0);
             CHECK(s_step(&gpu, all, S_NSEQ, toks, start, len, false, lg) == 0);
+            for (int r = 0; r < S_NSEQ; r++)
+                tok[r] = r;
             char what[64];
             snprintf(what, sizeof what, "decode 3 seqs, step %d", d);
-            s_cmp_rows(what, lg, lc, S_NSEQ, V, &st);
+            s_cmp_rows(what, lg, le, lc, tok, S_NSEQ, V, &st);
             for (int i = 0; i < S_NSEQ; i++)
                 toks[i][++pos[i]] = s_argmax(lc + (size_t)i * V, V);
         }
         for (int d = 0; d < n_decode; d++) { /* T = 1 */
             start[0] = pos[0], len[0] = 1;
             CHECK(s_step(&cpu, all, 1, toks, start, len, false, lc) == 0);
+            bf16emu_log_reset(&g_emu);
+            CHECK(s_step(&emu, all, 1, toks, start, len, false, le) == 0);
             CHECK(s_step(&gpu, all, 1, toks, start, len, false, lg) == 0);
+            tok[0] = 0;
             char what[64];
             snprintf(what, sizeof what, "decode 1 seq, step %d", d);
-            s_cmp_rows(what, lg, lc, 1, V, &st);
+            s_cmp_rows(what, lg, le, lc, tok, 1, V, &st);
             toks[0][++pos[0]] = s_argmax(lc, V);
         }
-        printf("  %s: worst rel L2 %.3g (bound %.0e), argmax agreement %d/%d (need %.0f%%)\n",
-               label, st.worst, S_REL_L2_TOL, st.agree, st.rows, 100 * S_ARGMAX_MIN);
+        printf("  %s: worst rel L2 gpu vs emulation %.3g (bound %.0e; %d of %d rows excused by a "
+               "routing near-tie), gpu vs fp32 cpu %.3g (emulation vs fp32 cpu %.3g), argmax "
+               "agreement with the fp32 cpu %d/%d (need %.0f%%)\n",
+               label, st.worst_emu, S_EMU_TOL, st.excused, st.rows, st.worst_cpu, st.worst_emu_cpu,
+               st.agree, st.rows, 100 * S_ARGMAX_MIN);
         CHECK_MSG(st.agree >= S_ARGMAX_MIN * st.rows, "%s: argmax agrees on %d of %d rows", label,
                   st.agree, st.rows);
+        CHECK_MSG(st.excused <= S_TIE_MAX * st.rows, "%s: %d of %d rows excused by routing ties",
+                  label, st.excused, st.rows);
         for (int i = 0; i < S_NSEQ; i++) {
             kvcache_seq_release(engine_kv(cpu.e), &cpu.kv[i]);
+            kvcache_seq_release(engine_kv(emu.e), &emu.kv[i]);
             kvcache_seq_release(engine_kv(gpu.e), &gpu.kv[i]);
             free(toks[i]);
         }
-        free(lc), free(lg);
+        free(lc), free(lg), free(le);
     }
 done:
     engine_free(&gpu.e);
+    engine_free(&emu.e);
     engine_free(&cpu.e);
     weights_cuda_free(g_gpu, &dw);
     weights_free(&hw);
@@ -216,6 +268,7 @@ int main(void) {
         fprintf(stderr, "test_cuda_engine: %s\n", err.msg);
         return 1;
     }
+    bf16emu_init(&g_emu, g_cpu);
     printf("test_cuda_engine: %s vs %s\n", g_gpu->name, g_cpu->name);
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/tiny-a", tcheck_fixtures());
@@ -241,6 +294,7 @@ int main(void) {
     } else {
         CHECK_MSG(0, "mkdtemp failed");
     }
+    bf16emu_free(&g_emu);
     ops_cpu_free(&g_cpu);
     ops_cuda_free(&g_gpu);
     return tcheck_done("test_cuda_engine");
