@@ -158,6 +158,27 @@ static void s_model(const char *dir, const char *label, int P, int n_decode) {
     printf("  weights: %.3f GB in %d spans, %.2f s, %.2f GB/s\n", ls.bytes / 1e9, ls.n_spans,
            ls.seconds, ls.gbps);
     CHECK(dw->bytes_per_token == hw->bytes_per_token && dw->cfg.hidden_size == hw->cfg.hidden_size);
+    /* every tensor 16-byte aligned on the device whatever its file offset (the vector paths of
+     * the kernels need it; safetensors only aligns to 8) */
+    {
+        const weights_layer_t *L0 = &dw->layers[0];
+        const void *views[] = {dw->embed.w,
+                               dw->lm_head.w,
+                               L0->q.w,
+                               L0->k.w,
+                               L0->v.w,
+                               L0->o.w,
+                               L0->router.w,
+                               L0->gate_up.mat.blocks,
+                               L0->gate_up.mat.scales,
+                               L0->down.mat.blocks,
+                               L0->down.mat.scales};
+        int misaligned = 0;
+        for (size_t i = 0; i < sizeof views / sizeof *views; i++)
+            misaligned += ((uintptr_t)views[i] % 16) != 0;
+        CHECK_MSG(misaligned == 0, "%d of the device weight views are not 16-byte aligned",
+                  misaligned);
+    }
     engine_opts_t eo = {.kv_budget_bytes = (size_t)256 << 20, .max_seqs = 4, .max_chunk = 64};
     s_side_t cpu = {0}, emu = {0}, gpu = {0};
     CHECK_MSG(engine_new(hw, g_cpu, &eo, &cpu.e, &err) == 0, "cpu engine: %s", err.msg);
