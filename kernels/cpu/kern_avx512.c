@@ -93,58 +93,80 @@ static inline void s_decode_block(const uint8_t *blk, float scale, __m128i lut, 
     w[1] = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi8(vlo, vhi))), s);
 }
 
-/* Both MXFP4 paths sum in the same order (batch invariance): per (row, token) the first and
- * second 16 values of each block (weights scaled first) go to two accumulators in block order,
- * added and reduced at the end. */
-static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
-                         int r0, int r1, float *y) {
-    const int n = W->cols, nb = n / MXFP4_BLOCK;
-    const size_t ldy = (size_t)W->rows;
-    const __m128i lut = _mm_loadu_si128((const __m128i *)mxfp4_e2m1_x2);
-    int t = 0;
-    for (; t + 4 <= T; t += 4) {
-        const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
-            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            __m512 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-            for (int g = 0; g < nb; g++) {
-                __m512 w[2];
-                s_decode_block(blk + g * MXFP4_BLOCK_BYTES, cpu_mxfp4_half_scale[sc[g]], lut, w);
-                const int c = g * MXFP4_BLOCK;
-                a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x0 + c), a0);
-                a1 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x1 + c), a1);
-                a2 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x2 + c), a2);
-                a3 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x3 + c), a3);
-                b0 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x0 + c + 16), b0);
-                b1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x1 + c + 16), b1);
-                b2 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x2 + c + 16), b2);
-                b3 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x3 + c + 16), b3);
-            }
-            float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            y[(size_t)t * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a0, b0)) + b;
-            y[(size_t)(t + 1) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a1, b1)) + b;
-            y[(size_t)(t + 2) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a2, b2)) + b;
-            y[(size_t)(t + 3) * ldy + r] = _mm512_reduce_add_ps(_mm512_add_ps(a3, b3)) + b;
+/* One row for NT tokens (1..8; a compile-time constant after inlining) at x0 + i * ldx: each
+ * block is decoded once for all of them. Every token count sums in the same order (batch
+ * invariance): per (row, token) the first and second 16 values of each block (weights scaled
+ * first) go to two accumulators in block order, added and reduced at the end. */
+static inline __attribute__((always_inline)) void s_mx_row(const uint8_t *blk, const uint8_t *sc,
+                                                           int nb, const float *x0, size_t ldx,
+                                                           const int NT, __m128i lut, float *out) {
+    __m512 a[8], b[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; i++)
+        a[i] = b[i] = _mm512_setzero_ps();
+    for (int g = 0; g < nb; g++) {
+        __m512 w[2];
+        s_decode_block(blk + g * MXFP4_BLOCK_BYTES, cpu_mxfp4_half_scale[sc[g]], lut, w);
+        const int c = g * MXFP4_BLOCK;
+#pragma GCC unroll 8
+        for (int i = 0; i < NT; i++) {
+            a[i] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x0 + i * ldx + c), a[i]);
+            b[i] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(x0 + i * ldx + c + 16), b[i]);
         }
     }
-    for (; t < T; t++) {
-        const float *xt = x + (size_t)t * n;
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
-            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            __m512 a0 = _mm512_setzero_ps(), a1 = a0;
-            for (int g = 0; g < nb; g++) {
-                __m512 w[2];
-                s_decode_block(blk + g * MXFP4_BLOCK_BYTES, cpu_mxfp4_half_scale[sc[g]], lut, w);
-                const float *xg = xt + g * MXFP4_BLOCK;
-                a0 = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xg), a0);
-                a1 = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xg + 16), a1);
-            }
-            float s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-            y[(size_t)t * ldy + r] = s + (bias ? bf16_to_f32(bias[r]) : 0.0f);
-        }
+#pragma GCC unroll 8
+    for (int i = 0; i < NT; i++)
+        out[i] = _mm512_reduce_add_ps(_mm512_add_ps(a[i], b[i]));
+}
+
+/* Rows [r0, r1) for the NT tokens starting at token t. */
+static inline __attribute__((always_inline)) void s_mx_rows_nt(const float *x, int t, const int NT,
+                                                               const ops_mxfp4_mat_t *W,
+                                                               const uint16_t *bias, int r0, int r1,
+                                                               float *y, __m128i lut) {
+    const int n = W->cols, nb = n / MXFP4_BLOCK;
+    const size_t ldy = (size_t)W->rows;
+    for (int r = r0; r < r1; r++) {
+        float o[8];
+        s_mx_row(W->blocks + (size_t)r * W->blocks_stride, W->scales + (size_t)r * W->scales_stride,
+                 nb, x + (size_t)t * n, (size_t)n, NT, lut, o);
+        const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+        for (int i = 0; i < NT; i++)
+            y[(size_t)(t + i) * ldy + r] = o[i] + b;
+    }
+}
+
+/* Tokens in groups of 8 (each decoded block feeds the group), then the 1-7 left. */
+static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
+                         int r0, int r1, float *y) {
+    const __m128i lut = _mm_loadu_si128((const __m128i *)mxfp4_e2m1_x2);
+    int t = 0;
+    for (; T - t >= 8; t += 8)
+        s_mx_rows_nt(x, t, 8, W, bias, r0, r1, y, lut);
+    switch (T - t) {
+    case 0:
+        break;
+    case 1:
+        s_mx_rows_nt(x, t, 1, W, bias, r0, r1, y, lut);
+        break;
+    case 2:
+        s_mx_rows_nt(x, t, 2, W, bias, r0, r1, y, lut);
+        break;
+    case 3:
+        s_mx_rows_nt(x, t, 3, W, bias, r0, r1, y, lut);
+        break;
+    case 4:
+        s_mx_rows_nt(x, t, 4, W, bias, r0, r1, y, lut);
+        break;
+    case 5:
+        s_mx_rows_nt(x, t, 5, W, bias, r0, r1, y, lut);
+        break;
+    case 6:
+        s_mx_rows_nt(x, t, 6, W, bias, r0, r1, y, lut);
+        break;
+    default:
+        s_mx_rows_nt(x, t, 7, W, bias, r0, r1, y, lut);
+        break;
     }
 }
 
