@@ -2,7 +2,9 @@
  * AVX-512 flags and chosen at run time only on CPUs that have them. Same scheme as
  * kern_avx2.c with 16-float vectors: bf16 widened by a shift, MXFP4 blocks decoded
  * in registers (pshufb over the doubled E2M1 integers, int -> float, times the
- * exact power-of-two scale), token tiles of 4 sharing each decoded weight. */
+ * exact power-of-two scale). bf16: token tiles of 4 sharing each weight vector; MXFP4: groups
+ * of up to 8 tokens sharing each decoded block. Run and checked (exactness, batch invariance) on
+ * a 16-core Xeon on 26 Nov 2026; the machine CI runs on has no AVX-512. */
 #include <immintrin.h>
 #include <math.h>
 
