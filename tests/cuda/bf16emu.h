@@ -57,12 +57,14 @@ static inline const float *bf16emu_rounded(bf16emu_t *e, const float *x, size_t 
     return e->xr;
 }
 
+/* ops_t.matmul_bf16 of the emulation: the CPU's on x rounded to bf16 (y: caller's). */
 static inline void bf16emu_matmul_bf16(const ops_t *o, const float *x, int T,
                                        const ops_bf16_mat_t *W, const uint16_t *bias, float *y) {
     bf16emu_t *e = (bf16emu_t *)o;
     e->base->matmul_bf16(e->base, bf16emu_rounded(e, x, (size_t)T * W->cols), T, W, bias, y);
 }
 
+/* ops_t.matmul_mxfp4 of the emulation: the CPU's on x rounded to bf16 (y: caller's). */
 static inline void bf16emu_matmul_mxfp4(const ops_t *o, const float *x, int T,
                                         const ops_mxfp4_mat_t *W, const uint16_t *bias, float *y) {
     bf16emu_t *e = (bf16emu_t *)o;
@@ -112,6 +114,8 @@ static inline void bf16emu_moe(const ops_t *o, const float *a, int T, const int3
     free(ga), free(h), free(act), free(y), free(wt), free(tok);
 }
 
+/* ops_t.router_topk of the emulation: the CPU's, keeping a copy of z in the log (owned by the
+ * emulator, freed by bf16emu_log_reset). */
 static inline void bf16emu_router_topk(const ops_t *o, const float *z, int T, int E, int k,
                                        int32_t *idx, float *w) {
     bf16emu_t *e = (bf16emu_t *)o;
@@ -166,7 +170,7 @@ static inline double bf16emu_margin(const bf16emu_t *e, int t) {
     return best;
 }
 
-/* Makes the emulator over the CPU backend `base` (which must outlive it). */
+/* Makes the emulator over the CPU backend `base` (not owned; must outlive it) in caller-owned e. */
 static inline void bf16emu_init(bf16emu_t *e, const ops_t *base) {
     memset(e, 0, sizeof *e);
     e->ops = *base;
