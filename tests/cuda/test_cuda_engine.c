@@ -35,7 +35,7 @@
 
 #include "cpu/ops_cpu.h"
 #include "cuda/ops_cuda.h"
-#include "bf16emu.h"
+#include "cuda_harness.h"
 #include "cuda/weights_cuda.h"
 #include "engine.h"
 #include "kvcache.h"
@@ -275,22 +275,8 @@ done:
 }
 
 int main(void) {
-    if (ops_cuda_device_count() <= 0) {
-        printf("test_cuda_engine: skipped (no CUDA device)\n");
-        return 77;
-    }
-    gerr_t err = {{0}};
-    g_gpu = ops_cuda_new(0, &err);
-    if (!g_gpu) {
-        printf("test_cuda_engine: skipped (%s)\n", err.msg);
-        return 77;
-    }
-    if (ops_cpu_new(0, NULL, &g_cpu, &err) != 0) {
-        fprintf(stderr, "test_cuda_engine: %s\n", err.msg);
-        return 1;
-    }
-    bf16emu_init(&g_emu, g_cpu);
-    printf("test_cuda_engine: %s vs %s\n", g_gpu->name, g_cpu->name);
+    const int rc = cuda_harness_open("test_cuda_engine", &g_gpu, &g_cpu, &g_emu);
+    if (rc) return rc;
     char dir[1024];
     snprintf(dir, sizeof dir, "%s/tiny-a", tcheck_fixtures());
     s_model(dir, "tiny-a", 21, 4);
@@ -315,8 +301,6 @@ int main(void) {
     } else {
         CHECK_MSG(0, "mkdtemp failed");
     }
-    bf16emu_free(&g_emu);
-    ops_cpu_free(&g_cpu);
-    ops_cuda_free(&g_gpu);
+    cuda_harness_close(&g_gpu, &g_cpu, &g_emu);
     return tcheck_done("test_cuda_engine");
 }

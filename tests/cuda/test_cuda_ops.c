@@ -34,7 +34,7 @@
 #include <string.h>
 
 #include "bf16.h"
-#include "bf16emu.h"
+#include "cuda_harness.h"
 #include "cpu/ops_cpu.h"
 #include "cuda/ops_cuda.h"
 #include "mxfp4.h"
@@ -47,15 +47,6 @@ static bf16emu_t g_emu; /* the CPU with the GPU's bf16 roundings (moe references
 
 #define S_MOE_TOL     2e-2 /* moe vs the fp32 CPU */
 #define S_MOE_EMU_TOL 5e-3 /* moe vs the bf16 emulation (max-element metric, see s_cmp) */
-
-/* Expert e's matrix of a set (the same as shardd/weights.c's weights_expert, which this test does
- * not link). */
-static ops_mxfp4_mat_t weights_expert_like(const ops_experts_t *x, int e) {
-    ops_mxfp4_mat_t m = x->mat;
-    m.blocks += (size_t)e * x->blocks_estride;
-    m.scales += (size_t)e * x->scales_estride;
-    return m;
-}
 
 /* ---- random data --------------------------------------------------------------------------- */
 
@@ -872,11 +863,9 @@ static void s_moe_ref(const s_moe_w_t *m, const float *a, int T, const int32_t *
             while (j < K && idx[t * K + j] != e)
                 j++;
             if (j == K) continue;
-            ops_mxfp4_mat_t gu = weights_expert_like(&m->hm.gate_up, e);
-            ops_mxfp4_mat_t dn = weights_expert_like(&m->hm.down, e);
-            const uint16_t *gb =
-                m->hm.gate_up.bias ? m->hm.gate_up.bias + (size_t)e * 2 * nu : NULL;
-            const uint16_t *db = m->hm.down.bias ? m->hm.down.bias + (size_t)e * H : NULL;
+            const uint16_t *gb, *db;
+            ops_mxfp4_mat_t gu = bf16emu_expert(&m->hm.gate_up, e, &gb);
+            ops_mxfp4_mat_t dn = bf16emu_expert(&m->hm.down, e, &db);
             g_cpu->matmul_mxfp4(g_cpu, a + (size_t)t * H, 1, &gu, gb, h);
             g_cpu->swiglu(g_cpu, h, 1, nu, m->hm.alpha, m->hm.limit, act);
             g_cpu->matmul_mxfp4(g_cpu, act, 1, &dn, db, y);
@@ -1049,22 +1038,8 @@ static void s_test_graph(void) {
 }
 
 int main(void) {
-    if (ops_cuda_device_count() <= 0) {
-        printf("test_cuda_ops: skipped (no CUDA device)\n");
-        return 77;
-    }
-    gerr_t err = {{0}};
-    g_gpu = ops_cuda_new(0, &err);
-    if (!g_gpu) {
-        printf("test_cuda_ops: skipped (%s)\n", err.msg);
-        return 77;
-    }
-    if (ops_cpu_new(0, NULL, &g_cpu, &err) != 0) {
-        fprintf(stderr, "test_cuda_ops: %s\n", err.msg);
-        return 1;
-    }
-    bf16emu_init(&g_emu, g_cpu);
-    printf("test_cuda_ops: %s vs %s\n", g_gpu->name, g_cpu->name);
+    const int rc = cuda_harness_open("test_cuda_ops", &g_gpu, &g_cpu, &g_emu);
+    if (rc) return rc;
     s_test_matmul_bf16();
     s_test_matmul_mxfp4();
     s_test_elementwise();
@@ -1077,7 +1052,6 @@ int main(void) {
     s_test_moe_graph();
     ops_cuda_free(&g_gpu);
     ops_cuda_free(&g_gpu); /* safe twice */
-    bf16emu_free(&g_emu);
-    ops_cpu_free(&g_cpu);
+    cuda_harness_close(&g_gpu, &g_cpu, &g_emu);
     return tcheck_done("test_cuda_ops");
 }
