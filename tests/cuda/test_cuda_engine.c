@@ -97,6 +97,17 @@ static int s_step(s_side_t *s, const int *which, int n, int32_t *const *toks, co
     return rc;
 }
 
+/* The same step on the three engines (the emulation's router log restarted first), logits into
+ * lc (fp32 CPU), le (emulation) and lg (GPU). */
+static void s_step3(s_side_t *cpu, s_side_t *emu, s_side_t *gpu, const int *which, int n,
+                    int32_t *const *toks, const int *start, const int *len, bool all0, float *lc,
+                    float *le, float *lg) {
+    CHECK(s_step(cpu, which, n, toks, start, len, all0, lc) == 0);
+    bf16emu_log_reset(&g_emu);
+    CHECK(s_step(emu, which, n, toks, start, len, all0, le) == 0);
+    CHECK(s_step(gpu, which, n, toks, start, len, all0, lg) == 0);
+}
+
 /* ||a - b|| / ||b|| over V values (a non-finite value in a: infinite). */
 static double s_rel(const float *a, const float *b, int V) {
     double d2 = 0.0, b2 = 0.0;
@@ -207,10 +218,7 @@ static void s_model(const char *dir, const char *label, int P, int n_decode) {
         memcpy(len, lens, sizeof len);
         /* prefill: all positions of sequence 0, the last of the others */
         int rows = P + S_NSEQ - 1;
-        CHECK(s_step(&cpu, all, S_NSEQ, toks, start, len, true, lc) == 0);
-        bf16emu_log_reset(&g_emu);
-        CHECK(s_step(&emu, all, S_NSEQ, toks, start, len, true, le) == 0);
-        CHECK(s_step(&gpu, all, S_NSEQ, toks, start, len, true, lg) == 0);
+        s_step3(&cpu, &emu, &gpu, all, S_NSEQ, toks, start, len, true, lc, le, lg);
         for (int r = 0; r < P; r++)
             tok[r] = r;
         tok[P] = P + lens[1] - 1, tok[P + 1] = P + lens[1] + lens[2] - 1;
@@ -225,10 +233,7 @@ static void s_model(const char *dir, const char *label, int P, int n_decode) {
         for (int d = 0; d < n_decode; d++) { /* T = 3: eager, capture, replays */
             for (int i = 0; i < S_NSEQ; i++)
                 start[i] = pos[i], len[i] = 1;
-            CHECK(s_step(&cpu, all, S_NSEQ, toks, start, len, false, lc) == 0);
-            bf16emu_log_reset(&g_emu);
-            CHECK(s_step(&emu, all, S_NSEQ, toks, start, len, false, le) == 0);
-            CHECK(s_step(&gpu, all, S_NSEQ, toks, start, len, false, lg) == 0);
+            s_step3(&cpu, &emu, &gpu, all, S_NSEQ, toks, start, len, false, lc, le, lg);
             for (int r = 0; r < S_NSEQ; r++)
                 tok[r] = r;
             char what[64];
@@ -239,10 +244,7 @@ static void s_model(const char *dir, const char *label, int P, int n_decode) {
         }
         for (int d = 0; d < n_decode; d++) { /* T = 1 */
             start[0] = pos[0], len[0] = 1;
-            CHECK(s_step(&cpu, all, 1, toks, start, len, false, lc) == 0);
-            bf16emu_log_reset(&g_emu);
-            CHECK(s_step(&emu, all, 1, toks, start, len, false, le) == 0);
-            CHECK(s_step(&gpu, all, 1, toks, start, len, false, lg) == 0);
+            s_step3(&cpu, &emu, &gpu, all, 1, toks, start, len, false, lc, le, lg);
             tok[0] = 0;
             char what[64];
             snprintf(what, sizeof what, "decode 1 seq, step %d", d);
