@@ -29,13 +29,15 @@
 
 #include "bf16.h"
 #include "cpu_kern.h"
+#include "mxfp4.h"
 #include "cpu_pool.h"
 
-#define S_SMALL_WORK  16384 /* multiply-adds below which a matmul stays single-threaded */
-#define S_ATTN_CHUNK  128   /* keys scored per online-softmax rescale */
-#define S_MAX_D       256   /* largest head_dim supported */
-#define S_ATTN_HEADS  8     /* query heads (of one kv head) per attention task */
-#define S_SPLIT_STACK 8192  /* floats of split-order x kept on the stack (T = 1 and small T) */
+#define S_SMALL_WORK  16384        /* multiply-adds below which a matmul stays single-threaded */
+#define S_TASK_BYTES  (384u << 10) /* weights per matmul task at most (T < 4) */
+#define S_ATTN_CHUNK  128          /* keys scored per online-softmax rescale */
+#define S_MAX_D       256          /* largest head_dim supported */
+#define S_ATTN_HEADS  8            /* query heads (of one kv head) per attention task */
+#define S_SPLIT_STACK 8192 /* floats of split-order x kept on the stack (T = 1 and small T) */
 
 typedef struct {
     ops_t ops; /* must be first: ops_t* <-> s_cpu_t* */
@@ -77,11 +79,23 @@ static void s_mm_task(void *arg, int task, int thread) {
         j->cpu->kern->mxfp4_rows(j->x, j->T, j->wm, j->bias, r0, r1, j->y);
 }
 
-/* Rows per task of a matmul with T tokens on `threads` threads: 16 for the token tiles, else
- * about 8 tasks per thread, between 4 and 64 rows (the split never changes a result). */
-static int s_mm_chunk(int rows, int T, int threads) {
-    int chunk = T >= 4 ? 16 : (rows + threads * 8 - 1) / (threads * 8);
-    return chunk < 4 ? 4 : chunk > 64 ? 64 : chunk;
+/* Rows per task of a matmul with T tokens on `threads` threads, rows of row_bytes bytes of
+ * weights: 16 for the token tiles, else about 8 tasks per thread, between 4 rows and
+ * S_TASK_BYTES of weights (the split never changes a result). The cap is in bytes because the
+ * weights stream from memory: a task restarts the row streams, and tasks of 64 MXFP4 rows
+ * (98 KB) made the batch-1 MoE ~6% slower than ~250 rows (BENCHMARKS.md, third session); bf16
+ * rows of the 20b shape get ~64 rows, as before. */
+static int s_mm_chunk(int rows, int T, int threads, size_t row_bytes) {
+    if (T >= 4) return 16;
+    const int cap = (int)(S_TASK_BYTES / (row_bytes ? row_bytes : 1));
+    int chunk = (rows + threads * 8 - 1) / (threads * 8);
+    chunk = chunk > cap ? cap : chunk;
+    return chunk < 4 ? 4 : chunk;
+}
+
+/* Bytes of one row of an MXFP4 matrix with cols columns (blocks and scales). */
+static size_t s_mxfp4_row_bytes(int cols) {
+    return (size_t)cols / MXFP4_BLOCK * (MXFP4_BLOCK_BYTES + 1);
 }
 
 static void s_mm_run(const s_cpu_t *c, s_mm_job_t *j, int cols) {
@@ -92,7 +106,8 @@ static void s_mm_run(const s_cpu_t *c, s_mm_job_t *j, int cols) {
         s_mm_task(j, 0, 0);
         return;
     }
-    const int chunk = s_mm_chunk(j->rows, j->T, threads);
+    const int chunk =
+        s_mm_chunk(j->rows, j->T, threads, j->wb ? (size_t)cols * 2 : s_mxfp4_row_bytes(cols));
     j->chunk = chunk;
     cpu_pool_run(c->pool, (j->rows + chunk - 1) / chunk, s_mm_task, j);
 }
@@ -474,7 +489,7 @@ static void s_moe_matmuls(s_cpu_t *c, const ops_experts_t *set, const float *x,
     for (int e = 0; e < E; e++) {
         const int n = estart[e + 1] - estart[e];
         if (!n) continue;
-        const int chunk = s_mm_chunk(rows, n, threads);
+        const int chunk = s_mm_chunk(rows, n, threads, s_mxfp4_row_bytes(cols));
         n_tasks += (rows + chunk - 1) / chunk;
         work += (double)rows * cols * n;
     }
@@ -484,7 +499,7 @@ static void s_moe_matmuls(s_cpu_t *c, const ops_experts_t *set, const float *x,
     for (int e = 0; e < E; e++) {
         const int n = estart[e + 1] - estart[e];
         if (!n) continue;
-        const int chunk = s_mm_chunk(rows, n, threads);
+        const int chunk = s_mm_chunk(rows, n, threads, s_mxfp4_row_bytes(cols));
         for (int r0 = 0; r0 < rows; r0 += chunk)
             tasks[i++] = (s_moe_task_t){e, r0, r0 + chunk < rows ? r0 + chunk : rows};
     }
