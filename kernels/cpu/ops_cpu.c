@@ -484,12 +484,13 @@ static void s_moe_task(void *arg, int task, int thread) {
 static void s_moe_matmuls(s_cpu_t *c, const ops_experts_t *set, const float *x,
                           const int32_t *estart, int E, float *y) {
     const int rows = set->mat.rows, cols = set->mat.cols, threads = cpu_pool_size(c->pool);
+    const size_t row_bytes = s_mxfp4_row_bytes(cols);
     int n_tasks = 0;
     double work = 0.0;
     for (int e = 0; e < E; e++) {
         const int n = estart[e + 1] - estart[e];
         if (!n) continue;
-        const int chunk = s_mm_chunk(rows, n, threads, s_mxfp4_row_bytes(cols));
+        const int chunk = s_mm_chunk(rows, n, threads, row_bytes);
         n_tasks += (rows + chunk - 1) / chunk;
         work += (double)rows * cols * n;
     }
@@ -499,7 +500,7 @@ static void s_moe_matmuls(s_cpu_t *c, const ops_experts_t *set, const float *x,
     for (int e = 0; e < E; e++) {
         const int n = estart[e + 1] - estart[e];
         if (!n) continue;
-        const int chunk = s_mm_chunk(rows, n, threads, s_mxfp4_row_bytes(cols));
+        const int chunk = s_mm_chunk(rows, n, threads, row_bytes);
         for (int r0 = 0; r0 < rows; r0 += chunk)
             tasks[i++] = (s_moe_task_t){e, r0, r0 + chunk < rows ? r0 + chunk : rows};
     }
