@@ -27,6 +27,9 @@ typedef struct {
      * y: [T][W->rows]; bias bf16 or NULL). */
     void (*bf16_rows)(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias, int r0,
                       int r1, float *y);
+    /* 1: bf16_rows wants x in split order too (cpu_split_x): a 32-bit lane of the weights
+     * holds an (even, odd) pair, so shifts and blends give the even and the odd weights. */
+    int bf16_split_x;
     /* Same for MXFP4 weights; x in split order if mxfp4_split_x. */
     void (*mxfp4_rows)(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
                        int r0, int r1, float *y);
@@ -46,8 +49,8 @@ extern float cpu_mxfp4_scale24[256];
 /* Fills cpu_mxfp4_half_scale and cpu_mxfp4_scale24 (idempotent). */
 void cpu_kern_init_tables(void);
 
-/* Writes x ([T][n], n a multiple of 16) to out in split order: in each 16 values,
- * the 8 at even offsets, then the 8 at odd offsets. */
+/* Writes x ([T][n]) to out ([T][n]) in split order: in each 16 values of a row, the 8 at
+ * even offsets, then the 8 at odd offsets; the last n % 16 values of a row as they are. */
 void cpu_split_x(const float *x, int T, int n, float *out);
 
 extern const cpu_kern_t cpu_kern_generic;

@@ -1,22 +1,24 @@
 /* kern_avx2: AVX2 + FMA inner loops of the CPU backend (compiled with -mavx2
  * -mfma; chosen at run time only where the CPU has both).
  *
- * bf16 weights are widened with a 16-bit shift (exact). MXFP4 blocks are decoded
- * in registers (x in split order, see s_mx_decode): nibbles -> pshufb over the
- * doubled E2M1 integers {0,1,2,3,4,6,8,12} (signed) -> int32 -> float, times the
- * block's exact power-of-two scale, which gives the exact weight value in fp32.
+ * x arrives in split order (cpu_split_x: per 16 values, the 8 even ones, then the 8 odd
+ * ones). bf16 weights are loaded 16 at a time: each 32-bit lane holds an (even, odd) pair,
+ * a 16-bit shift left gives the even weights as floats and a blend of the high halves over
+ * that gives the odd ones (both exact). MXFP4 blocks are decoded in registers (see
+ * s_mx_decode): nibbles -> pshufb over the doubled E2M1 integers {0,1,2,3,4,6,8,12} (signed)
+ * -> int32 -> float, times the block's exact power-of-two scale, which gives the exact weight
+ * value in fp32.
  *
  * Both formats then share one summation order (the batch-invariance contract of
- * cpu_kern.h): per (row, token) one 8-lane accumulator takes the columns 8 at a time
- * in ascending order (MXFP4: in split order), then s_hsum, then the n % 8 tail
- * columns one by one, then the bias. Paths:
+ * cpu_kern.h): per (row, token) one 8-lane accumulator takes the columns 8 at a time in
+ * ascending split order, then s_hsum, then the n % 16 tail columns one by one (bf16 only;
+ * MXFP4 rows are whole blocks), then the bias. Paths:
  * - T = 1 (decode): four rows per pass, each x vector loaded once for the four;
- * - bf16, T >= 4: tiles of 2 rows x 4 tokens, each x vector loaded once into a
- *   register for both rows (vector loads, not FMAs, bound these tiles on the cores
- *   we measured), the reduction in L1-sized column chunks with the accumulators
- *   parked in between;
+ * - bf16, T >= 4: tiles of 3 rows x 4 tokens (12 accumulators, all 16 registers: the inner
+ *   loop is written in assembly), the reduction in L1-sized column chunks with the
+ *   accumulators parked in between;
  * - MXFP4, T >= S_MX_BUF_T: the task's rows are decoded once into an fp32 buffer on
- *   the stack (L2-resident), then run through the same 2 x 4 tiles as bf16;
+ *   the stack (L2-resident), then run through the same 3 x 4 tiles as bf16;
  * - MXFP4, 2 <= T < S_MX_BUF_T (a few tokens per expert in batched decode): two rows
  *   at a time, each decoded block feeding up to 8 tokens. */
 #include <immintrin.h>
@@ -27,7 +29,7 @@
 #include "mxfp4.h"
 
 #define S_KC         512   /* columns per reduction chunk of the 4-token tile (8 KB of x) */
-#define S_RB         8     /* row pairs sharing one x chunk */
+#define S_RB         8     /* row triples sharing one x chunk */
 #define S_MX_BUF_T   12    /* MXFP4 calls with at least this many tokens decode into a buffer */
 #define S_MX_BUF_MAX 49152 /* floats of that buffer (192 KB on the stack) */
 
@@ -48,14 +50,23 @@ static inline __m256 s_ldreg(const float *p) {
     return v;
 }
 
-static inline __m256 s_load_bf16(const uint16_t *p) {
-    __m128i h = _mm_loadu_si128((const __m128i *)p);
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+/* The 16 weights of a row at position c (a multiple of 16) of the split order, as two
+ * vectors: bf16 (BF = 1) from one 32-byte load, whose 32-bit lanes hold the pairs (even,
+ * odd) - a 16-bit shift left gives the even weights as floats (s_wlo), and blending the
+ * low halves of that (zeros) into the load gives the odd ones (s_whi; no mask register), both
+ * exact; fp32 (BF = 0, a buffer already in split order) as two
+ * loads. */
+static inline __attribute__((always_inline)) __m256 s_wlo(const void *w, size_t c, const int BF) {
+    if (!BF) return _mm256_loadu_ps((const float *)w + c);
+    __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + c));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
 }
 
-/* 8 weights of a row as floats: bf16 (BF = 1, widened) or fp32 (BF = 0). */
-static inline __attribute__((always_inline)) __m256 s_wload(const void *w, size_t c, const int BF) {
-    return BF ? s_load_bf16((const uint16_t *)w + c) : _mm256_loadu_ps((const float *)w + c);
+static inline __attribute__((always_inline)) __m256 s_whi(const void *w, size_t c, const int BF) {
+    if (!BF) return _mm256_loadu_ps((const float *)w + c + 8);
+    __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + c));
+    __asm__("" : "+x"(v)); /* a reload: keeping s_wlo's values alive would spill the tiles */
+    return _mm256_castsi256_ps(_mm256_blend_epi16(v, _mm256_slli_epi32(v, 16), 0x55));
 }
 
 static inline __attribute__((always_inline)) float s_wscalar(const void *w, size_t c,
@@ -63,22 +74,123 @@ static inline __attribute__((always_inline)) float s_wscalar(const void *w, size
     return BF ? bf16_to_f32(((const uint16_t *)w)[c]) : ((const float *)w)[c];
 }
 
-/* The end of every path: s_hsum(acc), the tail columns n8..n one by one, the bias. */
+/* The end of every path: s_hsum(acc), the tail columns n16..n one by one (natural order in
+ * both x and w), the bias. */
 static inline __attribute__((always_inline)) float
-s_finish(__m256 acc, const void *w, const float *x, int n8, int n, float bias, const int BF) {
+s_finish(__m256 acc, const void *w, const float *x, int n16, int n, float bias, const int BF) {
     float s = s_hsum(acc);
-    for (int c = n8; c < n; c++)
+    for (int c = n16; c < n; c++)
         s = fmaf(s_wscalar(w, (size_t)c, BF), x[c], s);
     return s + bias;
 }
 
+/* The 3 x 4 tile's reduction over split columns [c0, c1) (multiples of 16, c0 < c1): rows wa, wb,
+ * wc by tokens x0..x3, accumulators a (row wa), b (wb), d (wc). In assembly because the tile
+ * needs all 16 vector registers (12 accumulators, 3 weight vectors, 1 x vector) and gcc spills
+ * accumulators when it allocates them itself. bf16 (BF = 1): the even weights are the loaded
+ * lanes shifted left 16; the odd ones replace them in place by blending the high halves of the
+ * same 32 bytes over the zeroed low halves (vpblendw from memory). */
+static inline __attribute__((always_inline)) void
+s_tile34(const void *wa, const void *wb, const void *wc, const float *x0, const float *x1,
+         const float *x2, const float *x3, int c0, int c1, const int BF, __m256 acc[12]) {
+    __m256 a0 = acc[0], a1 = acc[1], a2 = acc[2], a3 = acc[3];
+    __m256 b0 = acc[4], b1 = acc[5], b2 = acc[6], b3 = acc[7];
+    __m256 d0 = acc[8], d1 = acc[9], d2 = acc[10], d3 = acc[11];
+    long c = c0;
+    const long ce = c1;
+    /* the seven pointers go through memory, as asm takes at most 30 operands */
+    const void *const ptr[7] = {wa, wb, wc, x0, x1, x2, x3};
+    /* clang-format off */
+#define S_X4(off) \
+    "vmovups " #off "(%%rdi,%[c],4), %%ymm15\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm12, %[a0]\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm13, %[b0]\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm14, %[d0]\n\t" \
+    "vmovups " #off "(%%r8,%[c],4), %%ymm15\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm12, %[a1]\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm13, %[b1]\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm14, %[d1]\n\t" \
+    "vmovups " #off "(%%r9,%[c],4), %%ymm15\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm12, %[a2]\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm13, %[b2]\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm14, %[d2]\n\t" \
+    "vmovups " #off "(%%r10,%[c],4), %%ymm15\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm12, %[a3]\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm13, %[b3]\n\t" \
+    "vfmadd231ps %%ymm15, %%ymm14, %[d3]\n\t"
+#define S_LOADPTR \
+    "mov (%[p]), %%rax\n\t" \
+    "mov 8(%[p]), %%rdx\n\t" \
+    "mov 16(%[p]), %%rsi\n\t" \
+    "mov 24(%[p]), %%rdi\n\t" \
+    "mov 32(%[p]), %%r8\n\t" \
+    "mov 40(%[p]), %%r9\n\t" \
+    "mov 48(%[p]), %%r10\n\t" \
+    "1:\n\t"
+#define S_BODY_BF16 \
+    "vmovdqu (%%rax,%[c],2), %%ymm12\n\t" \
+    "vpslld $16, %%ymm12, %%ymm12\n\t" \
+    "vmovdqu (%%rdx,%[c],2), %%ymm13\n\t" \
+    "vpslld $16, %%ymm13, %%ymm13\n\t" \
+    "vmovdqu (%%rsi,%[c],2), %%ymm14\n\t" \
+    "vpslld $16, %%ymm14, %%ymm14\n\t" \
+    S_X4(0) \
+    "vpblendw $0xaa, (%%rax,%[c],2), %%ymm12, %%ymm12\n\t" \
+    "vpblendw $0xaa, (%%rdx,%[c],2), %%ymm13, %%ymm13\n\t" \
+    "vpblendw $0xaa, (%%rsi,%[c],2), %%ymm14, %%ymm14\n\t" \
+    S_X4(32)
+#define S_BODY_F32 \
+    "vmovups (%%rax,%[c],4), %%ymm12\n\t" \
+    "vmovups (%%rdx,%[c],4), %%ymm13\n\t" \
+    "vmovups (%%rsi,%[c],4), %%ymm14\n\t" \
+    S_X4(0) \
+    "vmovups 32(%%rax,%[c],4), %%ymm12\n\t" \
+    "vmovups 32(%%rdx,%[c],4), %%ymm13\n\t" \
+    "vmovups 32(%%rsi,%[c],4), %%ymm14\n\t" \
+    S_X4(32)
+#define S_LOOP \
+    "add $16, %[c]\n\t" \
+    "cmp %[ce], %[c]\n\t" \
+    "jl 1b\n\t"
+#define S_TILE_OPS \
+    [a0] "+x"(a0), [a1] "+x"(a1), [a2] "+x"(a2), [a3] "+x"(a3), \
+    [b0] "+x"(b0), [b1] "+x"(b1), [b2] "+x"(b2), [b3] "+x"(b3), \
+    [d0] "+x"(d0), [d1] "+x"(d1), [d2] "+x"(d2), [d3] "+x"(d3), [c] "+r"(c)
+#define S_TILE_CLOBBERS \
+    "xmm12", "xmm13", "xmm14", "xmm15", "rax", "rdx", "rsi", "rdi", "r8", "r9", "r10", \
+    "memory", "cc"
+    if (BF)
+        __asm__(S_LOADPTR S_BODY_BF16 S_LOOP
+                : S_TILE_OPS
+                : [p] "r"(ptr), [ce] "r"(ce)
+                : S_TILE_CLOBBERS);
+    else
+        __asm__(S_LOADPTR S_BODY_F32 S_LOOP
+                : S_TILE_OPS
+                : [p] "r"(ptr), [ce] "r"(ce)
+                : S_TILE_CLOBBERS);
+#undef S_X4
+#undef S_LOADPTR
+#undef S_BODY_BF16
+#undef S_BODY_F32
+#undef S_LOOP
+#undef S_TILE_OPS
+#undef S_TILE_CLOBBERS
+    /* clang-format on */
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
+    acc[4] = b0, acc[5] = b1, acc[6] = b2, acc[7] = b3;
+    acc[8] = d0, acc[9] = d1, acc[10] = d2, acc[11] = d3;
+}
+
 /* y[t][yr + i] = w_i . x[t] + bias[yr + i] for rows i < nr (row i at w + i * ws elements of
- * bf16 (BF = 1) or fp32 (BF = 0)) and tokens t < T (x: [T][n], y: [T][ldy]). */
+ * bf16 (BF = 1) or fp32 in split order (BF = 0)) and tokens t < T (x: [T][n] in split order,
+ * y: [T][ldy]). Per (row, token) the 8-lane accumulator takes, for each 16 columns, the even
+ * (split positions c..c+7), then the odd ones (c+8..c+15). */
 static inline __attribute__((always_inline)) void s_rows(const float *x, int T, int n,
                                                          const void *w, size_t ws, int nr,
                                                          const uint16_t *bias, int yr, float *y,
                                                          size_t ldy, const int BF) {
-    const int n8 = n & ~7;
+    const int n16 = n & ~15;
     const size_t esz = BF ? 2 : 4;
 #define S_ROW(i)  ((const char *)w + (size_t)(i)*ws * esz)
 #define S_BIAS(i) (bias ? bf16_to_f32(bias[yr + (i)]) : 0.0f)
@@ -87,67 +199,62 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
         const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
         const float *xs[4] = {x0, x1, x2, x3};
         int r = 0;
-        /* two rows x four tokens: 8 accumulators, each x vector loaded once for both rows;
-         * the reduction runs in chunks of S_KC columns so that the x chunk stays in L1 for
-         * S_RB row pairs (accumulators wait in acc; same summation order) */
-        for (; r + 2 <= nr;) {
-            const int np = (nr - r) / 2 < S_RB ? (nr - r) / 2 : S_RB;
-            __m256 acc[S_RB][8];
+        /* three rows x four tokens per tile (12 accumulators, each x vector loaded once for
+         * the three rows); the reduction runs in chunks of S_KC columns so that the x chunk
+         * stays in L1 for S_RB row triples (accumulators wait in acc; same summation order) */
+        for (; r + 3 <= nr;) {
+            const int np = (nr - r) / 3 < S_RB ? (nr - r) / 3 : S_RB;
+            __m256 acc[S_RB][12];
             for (int p = 0; p < np; p++)
-                for (int i = 0; i < 8; i++)
+                for (int i = 0; i < 12; i++)
                     acc[p][i] = _mm256_setzero_ps();
-            for (int c0 = 0; c0 < n8; c0 += S_KC) {
-                const int c1 = c0 + S_KC < n8 ? c0 + S_KC : n8;
+            for (int c0 = 0; c0 < n16; c0 += S_KC) {
+                const int c1 = c0 + S_KC < n16 ? c0 + S_KC : n16;
                 for (int p = 0; p < np; p++) {
-                    const void *wa = S_ROW(r + 2 * p), *wb = S_ROW(r + 2 * p + 1);
-                    __m256 *ar = acc[p];
-                    __m256 a0 = ar[0], a1 = ar[1], a2 = ar[2], a3 = ar[3];
-                    __m256 b0 = ar[4], b1 = ar[5], b2 = ar[6], b3 = ar[7];
-                    for (int c = c0; c < c1; c += 8) {
-                        __m256 wv = s_wload(wa, (size_t)c, BF), uv = s_wload(wb, (size_t)c, BF);
-                        __m256 xv = s_ldreg(x0 + c);
-                        a0 = _mm256_fmadd_ps(wv, xv, a0);
-                        b0 = _mm256_fmadd_ps(uv, xv, b0);
-                        xv = s_ldreg(x1 + c);
-                        a1 = _mm256_fmadd_ps(wv, xv, a1);
-                        b1 = _mm256_fmadd_ps(uv, xv, b1);
-                        xv = s_ldreg(x2 + c);
-                        a2 = _mm256_fmadd_ps(wv, xv, a2);
-                        b2 = _mm256_fmadd_ps(uv, xv, b2);
-                        xv = s_ldreg(x3 + c);
-                        a3 = _mm256_fmadd_ps(wv, xv, a3);
-                        b3 = _mm256_fmadd_ps(uv, xv, b3);
+                    const void *wa = S_ROW(r + 3 * p), *wb = S_ROW(r + 3 * p + 1);
+                    const void *wc = S_ROW(r + 3 * p + 2);
+                    if (BF && t == 0) { /* first pass: the triple after next, from memory */
+                        int pq = p + 2, cq = c0;
+                        if (pq >= np) pq -= np, cq += S_KC;
+                        if (cq < n16) {
+                            const int cl = cq + S_KC < n16 ? cq + S_KC : n16;
+                            for (int j = 0; j < 3; j++) {
+                                const char *rw = S_ROW(r + 3 * pq + j);
+                                for (size_t l = (size_t)cq * esz; l < (size_t)cl * esz; l += 64)
+                                    _mm_prefetch(rw + l, _MM_HINT_T0);
+                            }
+                        }
                     }
-                    ar[0] = a0, ar[1] = a1, ar[2] = a2, ar[3] = a3;
-                    ar[4] = b0, ar[5] = b1, ar[6] = b2, ar[7] = b3;
+                    s_tile34(wa, wb, wc, x0, x1, x2, x3, c0, c1, BF, acc[p]);
                 }
             }
-            for (int p = 0; p < np; p++, r += 2) {
-                const void *wa = S_ROW(r), *wb = S_ROW(r + 1);
-                for (int i = 0; i < 4; i++) {
-                    y[(size_t)(t + i) * ldy + yr + r] =
-                        s_finish(acc[p][i], wa, xs[i], n8, n, S_BIAS(r), BF);
-                    y[(size_t)(t + i) * ldy + yr + r + 1] =
-                        s_finish(acc[p][4 + i], wb, xs[i], n8, n, S_BIAS(r + 1), BF);
+            for (int p = 0; p < np; p++, r += 3)
+                for (int j = 0; j < 3; j++) {
+                    const void *wj = S_ROW(r + j);
+                    for (int i = 0; i < 4; i++)
+                        y[(size_t)(t + i) * ldy + yr + r + j] =
+                            s_finish(acc[p][4 * j + i], wj, xs[i], n16, n, S_BIAS(r + j), BF);
                 }
-            }
         }
-        for (; r < nr; r++) { /* an odd last row: one row x four tokens */
+        for (; r < nr; r++) { /* the last one or two rows: one row x four tokens */
             const void *wa = S_ROW(r);
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            for (int c = 0; c < n8; c += 8) {
-                __m256 wv = s_wload(wa, (size_t)c, BF);
-                a0 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x0 + c), a0);
-                a1 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x1 + c), a1);
-                a2 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x2 + c), a2);
-                a3 = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x3 + c), a3);
+            for (int c = 0; c < n16; c += 16) {
+                __m256 u = s_wlo(wa, (size_t)c, BF);
+                a0 = _mm256_fmadd_ps(u, _mm256_loadu_ps(x0 + c), a0);
+                a1 = _mm256_fmadd_ps(u, _mm256_loadu_ps(x1 + c), a1);
+                a2 = _mm256_fmadd_ps(u, _mm256_loadu_ps(x2 + c), a2);
+                a3 = _mm256_fmadd_ps(u, _mm256_loadu_ps(x3 + c), a3);
+                u = s_whi(wa, (size_t)c, BF);
+                a0 = _mm256_fmadd_ps(u, _mm256_loadu_ps(x0 + c + 8), a0);
+                a1 = _mm256_fmadd_ps(u, _mm256_loadu_ps(x1 + c + 8), a1);
+                a2 = _mm256_fmadd_ps(u, _mm256_loadu_ps(x2 + c + 8), a2);
+                a3 = _mm256_fmadd_ps(u, _mm256_loadu_ps(x3 + c + 8), a3);
             }
+            const __m256 av[4] = {a0, a1, a2, a3};
             for (int i = 0; i < 4; i++)
-                y[(size_t)(t + i) * ldy + yr + r] = s_finish(i == 0   ? a0
-                                                             : i == 1 ? a1
-                                                             : i == 2 ? a2
-                                                                      : a3,
-                                                             wa, xs[i], n8, n, S_BIAS(r), BF);
+                y[(size_t)(t + i) * ldy + yr + r] =
+                    s_finish(av[i], wa, xs[i], n16, n, S_BIAS(r), BF);
         }
     }
     /* the last T % 4 tokens (T = 1: decode): four rows at a time, one accumulator each, so
@@ -159,29 +266,37 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
         for (; r + 4 <= nr; r += 4) {
             const void *w0 = S_ROW(r), *w1 = S_ROW(r + 1), *w2 = S_ROW(r + 2), *w3 = S_ROW(r + 3);
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-            /* the next four rows, one cache line per step (as s_mx_rows4): four interleaved
+            /* the next four rows, two cache lines per step (as s_mx_rows4): four interleaved
              * row streams are otherwise fetched late from DRAM */
             const char *nx = (const char *)S_ROW(r + 4);
             const int nl = (int)((4 * ws * esz + 63) / 64);
-            for (int c = 0, l = 0; c < n8; c += 8, l++) {
+            for (int c = 0, l = 0; c < n16; c += 16, l += 2) {
                 if (l < nl) _mm_prefetch(nx + (size_t)l * 64, _MM_HINT_T0);
+                if (l + 1 < nl) _mm_prefetch(nx + (size_t)l * 64 + 64, _MM_HINT_T0);
                 __m256 xv = s_ldreg(xt + c);
-                a0 = _mm256_fmadd_ps(s_wload(w0, (size_t)c, BF), xv, a0);
-                a1 = _mm256_fmadd_ps(s_wload(w1, (size_t)c, BF), xv, a1);
-                a2 = _mm256_fmadd_ps(s_wload(w2, (size_t)c, BF), xv, a2);
-                a3 = _mm256_fmadd_ps(s_wload(w3, (size_t)c, BF), xv, a3);
+                a0 = _mm256_fmadd_ps(s_wlo(w0, (size_t)c, BF), xv, a0);
+                a1 = _mm256_fmadd_ps(s_wlo(w1, (size_t)c, BF), xv, a1);
+                a2 = _mm256_fmadd_ps(s_wlo(w2, (size_t)c, BF), xv, a2);
+                a3 = _mm256_fmadd_ps(s_wlo(w3, (size_t)c, BF), xv, a3);
+                xv = s_ldreg(xt + c + 8);
+                a0 = _mm256_fmadd_ps(s_whi(w0, (size_t)c, BF), xv, a0);
+                a1 = _mm256_fmadd_ps(s_whi(w1, (size_t)c, BF), xv, a1);
+                a2 = _mm256_fmadd_ps(s_whi(w2, (size_t)c, BF), xv, a2);
+                a3 = _mm256_fmadd_ps(s_whi(w3, (size_t)c, BF), xv, a3);
             }
-            yt[r] = s_finish(a0, w0, xt, n8, n, S_BIAS(r), BF);
-            yt[r + 1] = s_finish(a1, w1, xt, n8, n, S_BIAS(r + 1), BF);
-            yt[r + 2] = s_finish(a2, w2, xt, n8, n, S_BIAS(r + 2), BF);
-            yt[r + 3] = s_finish(a3, w3, xt, n8, n, S_BIAS(r + 3), BF);
+            yt[r] = s_finish(a0, w0, xt, n16, n, S_BIAS(r), BF);
+            yt[r + 1] = s_finish(a1, w1, xt, n16, n, S_BIAS(r + 1), BF);
+            yt[r + 2] = s_finish(a2, w2, xt, n16, n, S_BIAS(r + 2), BF);
+            yt[r + 3] = s_finish(a3, w3, xt, n16, n, S_BIAS(r + 3), BF);
         }
         for (; r < nr; r++) {
             const void *w0 = S_ROW(r);
             __m256 a0 = _mm256_setzero_ps();
-            for (int c = 0; c < n8; c += 8)
-                a0 = _mm256_fmadd_ps(s_wload(w0, (size_t)c, BF), _mm256_loadu_ps(xt + c), a0);
-            yt[r] = s_finish(a0, w0, xt, n8, n, S_BIAS(r), BF);
+            for (int c = 0; c < n16; c += 16) {
+                a0 = _mm256_fmadd_ps(s_wlo(w0, (size_t)c, BF), _mm256_loadu_ps(xt + c), a0);
+                a0 = _mm256_fmadd_ps(s_whi(w0, (size_t)c, BF), _mm256_loadu_ps(xt + c + 8), a0);
+            }
+            yt[r] = s_finish(a0, w0, xt, n16, n, S_BIAS(r), BF);
         }
     }
 #undef S_ROW
@@ -381,7 +496,7 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
         /* decode the rows once into an fp32 buffer (exact values, split order), then the
          * 2 x 4 tiles of the bf16 path over it: the same summation order as the paths below */
         float wbuf[S_MX_BUF_MAX] __attribute__((aligned(64)));
-        const int rbw = S_MX_BUF_MAX / n;
+        const int rbw = S_MX_BUF_MAX / n >= 3 ? S_MX_BUF_MAX / n / 3 * 3 : S_MX_BUF_MAX / n;
         for (int rb = r0; rb < r1; rb += rbw) {
             const int nr = r1 - rb < rbw ? r1 - rb : rbw;
             for (int i = 0; i < nr; i++) {
@@ -463,6 +578,7 @@ static const cpu_kern_t s_kern = {
     .bf16_rows = s_bf16_rows,
     .mxfp4_rows = s_mxfp4_rows,
     .mxfp4_split_x = 1,
+    .bf16_split_x = 1,
     .dot = s_dot,
     .axpy = s_axpy,
 };

@@ -18,11 +18,18 @@ void cpu_kern_init_tables(void) {
 }
 
 void cpu_split_x(const float *x, int T, int n, float *out) {
-    for (size_t i = 0; i < (size_t)T * n; i += 16)
-        for (int j = 0; j < 8; j++) {
-            out[i + j] = x[i + 2 * j];
-            out[i + 8 + j] = x[i + 2 * j + 1];
-        }
+    const int n16 = n & ~15;
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * n;
+        float *ot = out + (size_t)t * n;
+        for (int i = 0; i < n16; i += 16)
+            for (int j = 0; j < 8; j++) {
+                ot[i + j] = xt[i + 2 * j];
+                ot[i + 8 + j] = xt[i + 2 * j + 1];
+            }
+        for (int i = n16; i < n; i++)
+            ot[i] = xt[i];
+    }
 }
 
 static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias,

@@ -80,13 +80,13 @@ static void s_mm_task(void *arg, int task, int thread) {
 }
 
 /* Rows per task of a matmul with T tokens on `threads` threads, rows of row_bytes bytes of
- * weights: 16 for the token tiles, else about 8 tasks per thread, between 4 rows and
+ * weights: 24 for the token tiles (T >= 4), else about 8 tasks per thread, between 4 rows and
  * S_TASK_BYTES of weights (the split never changes a result). The cap is in bytes because the
  * weights stream from memory: a task restarts the row streams, and with tasks of 64 MXFP4 rows
  * (98 KB) the batch-1 MoE took ~5% longer (median) than with ~250 (BENCHMARKS.md, third
  * session); bf16 rows of the 20b shape get ~64 rows, as before. */
 static int s_mm_chunk(int rows, int T, int threads, size_t row_bytes) {
-    if (T >= 4) return 16;
+    if (T >= 4) return 24; /* eight 3-row tiles (kern_avx2) */
     const int cap = (int)(S_TASK_BYTES / (row_bytes ? row_bytes : 1));
     int chunk = (rows + threads * 8 - 1) / (threads * 8);
     chunk = chunk > cap ? cap : chunk;
@@ -112,29 +112,39 @@ static void s_mm_run(const s_cpu_t *c, s_mm_job_t *j, int cols) {
     cpu_pool_run(c->pool, (j->rows + chunk - 1) / chunk, s_mm_task, j);
 }
 
+/* x in split order for kernels that want it (cpu_kern.h): into stack (S_SPLIT_STACK floats)
+ * when it fits, else into a malloc'd buffer that the caller frees when it is not stack. Returns
+ * x itself when the kernel takes x as it is. */
+static const float *s_split(const float *x, int T, int cols, int want, float *stack) {
+    if (!want) return x;
+    size_t n = (size_t)T * cols;
+    float *xs = n <= S_SPLIT_STACK ? stack : malloc(n * sizeof *xs);
+    if (!xs) abort(); /* ops have no error path; a few MB at most */
+    cpu_split_x(x, T, cols, xs);
+    return xs;
+}
+
 static void s_matmul_bf16(const ops_t *o, const float *x, int T, const ops_bf16_mat_t *W,
                           const uint16_t *bias, float *y) {
     if (T <= 0 || W->rows <= 0) return;
+    float stack[S_SPLIT_STACK];
+    const float *xs = s_split(x, T, W->cols, s_cpu(o)->kern->bf16_split_x, stack);
     s_mm_job_t j = {
-        .cpu = s_cpu(o), .x = x, .T = T, .wb = W, .bias = bias, .y = y, .rows = W->rows};
+        .cpu = s_cpu(o), .x = xs, .T = T, .wb = W, .bias = bias, .y = y, .rows = W->rows};
     s_mm_run(s_cpu(o), &j, W->cols);
+    if (xs != x && xs != stack) free((void *)xs);
 }
 
 static void s_matmul_mxfp4(const ops_t *o, const float *x, int T, const ops_mxfp4_mat_t *W,
                            const uint16_t *bias, float *y) {
     if (T <= 0 || W->rows <= 0) return;
     assert(W->cols % 32 == 0);
-    float stack[S_SPLIT_STACK], *xs = NULL;
-    if (s_cpu(o)->kern->mxfp4_split_x) {
-        size_t n = (size_t)T * W->cols;
-        xs = n <= S_SPLIT_STACK ? stack : malloc(n * sizeof *xs);
-        if (!xs) abort(); /* ops have no error path; a few MB at most */
-        cpu_split_x(x, T, W->cols, xs);
-    }
+    float stack[S_SPLIT_STACK];
+    const float *xs = s_split(x, T, W->cols, s_cpu(o)->kern->mxfp4_split_x, stack);
     s_mm_job_t j = {
-        .cpu = s_cpu(o), .x = xs ? xs : x, .T = T, .wm = W, .bias = bias, .y = y, .rows = W->rows};
+        .cpu = s_cpu(o), .x = xs, .T = T, .wm = W, .bias = bias, .y = y, .rows = W->rows};
     s_mm_run(s_cpu(o), &j, W->cols);
-    if (xs != stack) free(xs);
+    if (xs != x && xs != stack) free((void *)xs);
 }
 
 /* ---- elementwise ops ---------------------------------------------------------- */
