@@ -28,10 +28,11 @@
 #include "cpu_kern.h"
 #include "mxfp4.h"
 
-#define S_KC         512   /* columns per reduction chunk of the 4-token tile (8 KB of x) */
-#define S_RB         8     /* row triples sharing one x chunk */
-#define S_MX_BUF_T   12    /* MXFP4 calls with at least this many tokens decode into a buffer */
-#define S_MX_BUF_MAX 49152 /* floats of that buffer (192 KB on the stack) */
+#define S_KC          512         /* columns per reduction chunk of the 4-token tile (8 KB of x) */
+#define S_RB          8           /* row triples sharing one x chunk, at most */
+#define S_GROUP_BYTES (96u << 10) /* weights of one row group of the token tiles, at most */
+#define S_MX_BUF_T    12    /* MXFP4 calls with at least this many tokens decode into a buffer */
+#define S_MX_BUF_MAX  49152 /* floats of that buffer (192 KB on the stack) */
 
 static inline float s_hsum(__m256 v) {
     __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
@@ -194,49 +195,76 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
     const size_t esz = BF ? 2 : 4;
 #define S_ROW(i)  ((const char *)w + (size_t)(i)*ws * esz)
 #define S_BIAS(i) (bias ? bf16_to_f32(bias[yr + (i)]) : 0.0f)
-    int t = 0;
-    for (; t + 4 <= T; t += 4) {
-        const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
-        const float *xs[4] = {x0, x1, x2, x3};
-        int r = 0;
-        /* three rows x four tokens per tile (12 accumulators, each x vector loaded once for
-         * the three rows); the reduction runs in chunks of S_KC columns so that the x chunk
-         * stays in L1 for S_RB row triples (accumulators wait in acc; same summation order) */
+    const int T4 = T & ~3;
+    /* tokens [0, T4): row groups of up to S_RB triples (at most ~S_GROUP_BYTES of weights), each
+     * through every four-token tile while it sits in L2. Three rows x four tokens per tile (12
+     * accumulators, each x vector loaded once for the three rows); the reduction runs in chunks
+     * of S_KC columns so that the x chunk stays in L1 for the group's triples (accumulators
+     * wait in acc; same summation order). bf16 rows stream from memory: while a group runs, the
+     * next group's rows are prefetched, a few lines per tile, so that only a task's first group
+     * waits for memory (and that one prefetches two triples ahead in its first pass). */
+    int gmax = (int)(S_GROUP_BYTES / (3 * (size_t)n * esz));
+    gmax = gmax < 1 ? 1 : gmax > S_RB ? S_RB : gmax;
+    int r = 0;
+    if (T4 > 0)
         for (; r + 3 <= nr;) {
-            const int np = (nr - r) / 3 < S_RB ? (nr - r) / 3 : S_RB;
-            __m256 acc[S_RB][12];
-            for (int p = 0; p < np; p++)
-                for (int i = 0; i < 12; i++)
-                    acc[p][i] = _mm256_setzero_ps();
-            for (int c0 = 0; c0 < n16; c0 += S_KC) {
-                const int c1 = c0 + S_KC < n16 ? c0 + S_KC : n16;
-                for (int p = 0; p < np; p++) {
-                    const void *wa = S_ROW(r + 3 * p), *wb = S_ROW(r + 3 * p + 1);
-                    const void *wc = S_ROW(r + 3 * p + 2);
-                    if (BF && t == 0) { /* first pass: the triple after next, from memory */
-                        int pq = p + 2, cq = c0;
-                        if (pq >= np) pq -= np, cq += S_KC;
-                        if (cq < n16) {
-                            const int cl = cq + S_KC < n16 ? cq + S_KC : n16;
-                            for (int j = 0; j < 3; j++) {
-                                const char *rw = S_ROW(r + 3 * pq + j);
-                                for (size_t l = (size_t)cq * esz; l < (size_t)cl * esz; l += 64)
-                                    _mm_prefetch(rw + l, _MM_HINT_T0);
+            const int np = (nr - r) / 3 < gmax ? (nr - r) / 3 : gmax;
+            const int nchunks = (n16 + S_KC - 1) / S_KC;
+            /* the next group's rows (up to 3 gmax of them, or the leftover rows) */
+            const char *pf_row = S_ROW(r + 3 * np);
+            int pf_rows = nr - r - 3 * np < 3 * gmax ? nr - r - 3 * np : 3 * gmax;
+            const size_t row_bytes = (size_t)n * esz;
+            size_t pf_off = 0;
+            const size_t calls = (size_t)(T4 / 4) * nchunks * np;
+            const int quota =
+                BF && calls ? (int)(((size_t)pf_rows * ((row_bytes + 63) / 64) + calls - 1) / calls)
+                            : 0;
+            for (int t = 0; t < T4; t += 4) {
+                const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+                const float *xs[4] = {x0, x1, x2, x3};
+                __m256 acc[S_RB][12];
+                for (int p = 0; p < np; p++)
+                    for (int i = 0; i < 12; i++)
+                        acc[p][i] = _mm256_setzero_ps();
+                for (int c0 = 0; c0 < n16; c0 += S_KC) {
+                    const int c1 = c0 + S_KC < n16 ? c0 + S_KC : n16;
+                    for (int p = 0; p < np; p++) {
+                        const void *wa = S_ROW(r + 3 * p), *wb = S_ROW(r + 3 * p + 1);
+                        const void *wc = S_ROW(r + 3 * p + 2);
+                        if (BF && r == 0 && t == 0) { /* first pass: two triples ahead */
+                            int pq = p + 2, cq = c0;
+                            if (pq >= np) pq -= np, cq += S_KC;
+                            if (cq < n16) {
+                                const int cl = cq + S_KC < n16 ? cq + S_KC : n16;
+                                for (int j = 0; j < 3; j++) {
+                                    const char *rw = S_ROW(r + 3 * pq + j);
+                                    for (size_t l = (size_t)cq * esz; l < (size_t)cl * esz; l += 64)
+                                        _mm_prefetch(rw + l, _MM_HINT_T0);
+                                }
                             }
                         }
+                        for (int q = 0; q < quota && pf_rows > 0; q++) {
+                            _mm_prefetch(pf_row + pf_off, _MM_HINT_T1);
+                            if ((pf_off += 64) >= row_bytes)
+                                pf_off = 0, pf_row += ws * esz, pf_rows--;
+                        }
+                        s_tile34(wa, wb, wc, x0, x1, x2, x3, c0, c1, BF, acc[p]);
                     }
-                    s_tile34(wa, wb, wc, x0, x1, x2, x3, c0, c1, BF, acc[p]);
                 }
+                for (int p = 0; p < np; p++)
+                    for (int j = 0; j < 3; j++) {
+                        const void *wj = S_ROW(r + 3 * p + j);
+                        for (int i = 0; i < 4; i++)
+                            y[(size_t)(t + i) * ldy + yr + r + 3 * p + j] = s_finish(
+                                acc[p][4 * j + i], wj, xs[i], n16, n, S_BIAS(r + 3 * p + j), BF);
+                    }
             }
-            for (int p = 0; p < np; p++, r += 3)
-                for (int j = 0; j < 3; j++) {
-                    const void *wj = S_ROW(r + j);
-                    for (int i = 0; i < 4; i++)
-                        y[(size_t)(t + i) * ldy + yr + r + j] =
-                            s_finish(acc[p][4 * j + i], wj, xs[i], n16, n, S_BIAS(r + j), BF);
-                }
+            r += 3 * np;
         }
-        for (; r < nr; r++) { /* the last one or two rows: one row x four tokens */
+    for (; r < nr; r++) /* the last one or two rows: one row x four tokens */
+        for (int t = 0; t < T4; t += 4) {
+            const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
+            const float *xs[4] = {x0, x1, x2, x3};
             const void *wa = S_ROW(r);
             __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
             for (int c = 0; c < n16; c += 16) {
@@ -256,7 +284,7 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
                 y[(size_t)(t + i) * ldy + yr + r] =
                     s_finish(av[i], wa, xs[i], n16, n, S_BIAS(r), BF);
         }
-    }
+    int t = T4;
     /* the last T % 4 tokens (T = 1: decode): four rows at a time, one accumulator each, so
      * the four independent FMA chains hide the latency that one chain per row would expose */
     for (; t < T; t++) {
