@@ -522,7 +522,7 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
     const s_mx_consts_t k = s_mx_consts();
     if (T >= S_MX_BUF_T && n <= S_MX_BUF_MAX) {
         /* decode the rows once into an fp32 buffer (exact values, split order), then the
-         * 2 x 4 tiles of the bf16 path over it: the same summation order as the paths below */
+         * 3 x 4 tiles of the bf16 path over it: the same summation order as the paths below */
         float wbuf[S_MX_BUF_MAX] __attribute__((aligned(64)));
         const int rbw = S_MX_BUF_MAX / n >= 3 ? S_MX_BUF_MAX / n / 3 * 3 : S_MX_BUF_MAX / n;
         for (int rb = r0; rb < r1; rb += rbw) {
