@@ -52,11 +52,10 @@ static inline __m256 s_ldreg(const float *p) {
 }
 
 /* The 16 weights of a row at position c (a multiple of 16) of the split order, as two
- * vectors: bf16 (BF = 1) from one 32-byte load, whose 32-bit lanes hold the pairs (even,
- * odd) - a 16-bit shift left gives the even weights as floats (s_wlo), and blending the
- * low halves of that (zeros) into the load gives the odd ones (s_whi; no mask register), both
- * exact; fp32 (BF = 0, a buffer already in split order) as two
- * loads. */
+ * vectors. bf16 (BF = 1): one 32-byte load, whose 32-bit lanes hold the pairs (even, odd); a
+ * 16-bit shift left gives the even weights as floats (s_wlo), and blending the low halves of
+ * that (zeros) into the load gives the odd ones (s_whi; no mask register), both exact. fp32
+ * (BF = 0, a buffer already in split order): two loads. */
 static inline __attribute__((always_inline)) __m256 s_wlo(const void *w, size_t c, const int BF) {
     if (!BF) return _mm256_loadu_ps((const float *)w + c);
     __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + c));
@@ -203,17 +202,17 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
      * wait in acc; same summation order). bf16 rows stream from memory: while a group runs, the
      * next group's rows are prefetched, a few lines per tile, so that only a task's first group
      * waits for memory (and that one prefetches two triples ahead in its first pass). */
-    int gmax = (int)(S_GROUP_BYTES / (3 * (size_t)n * esz));
+    const size_t row_bytes = (size_t)n * esz;
+    const int nchunks = (n16 + S_KC - 1) / S_KC;
+    int gmax = (int)(S_GROUP_BYTES / (3 * row_bytes));
     gmax = gmax < 1 ? 1 : gmax > S_RB ? S_RB : gmax;
     int r = 0;
     if (T4 > 0)
         for (; r + 3 <= nr;) {
             const int np = (nr - r) / 3 < gmax ? (nr - r) / 3 : gmax;
-            const int nchunks = (n16 + S_KC - 1) / S_KC;
             /* the next group's rows (up to 3 gmax of them, or the leftover rows) */
             const char *pf_row = S_ROW(r + 3 * np);
             int pf_rows = nr - r - 3 * np < 3 * gmax ? nr - r - 3 * np : 3 * gmax;
-            const size_t row_bytes = (size_t)n * esz;
             size_t pf_off = 0;
             const size_t calls = (size_t)(T4 / 4) * nchunks * np;
             const int quota =
