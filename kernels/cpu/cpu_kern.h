@@ -30,12 +30,12 @@ typedef struct {
     /* 1: bf16_rows wants x in split order too (cpu_split_x): a 32-bit lane of the weights
      * holds an (even, odd) pair, so shifts and blends give the even and the odd weights. */
     int bf16_split_x;
-    /* Same for MXFP4 weights; x in split order if mxfp4_split_x. */
+    /* Same for MXFP4 weights; x in nibble order if mxfp4_nibble_x. */
     void (*mxfp4_rows)(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
                        int r0, int r1, float *y);
-    /* 1: mxfp4_rows wants each 16 values of x as the 8 even ones then the 8 odd
-     * ones (cpu_split_x), the order in which nibbles leave a byte. */
-    int mxfp4_split_x;
+    /* 1: mxfp4_rows wants x in nibble order (cpu_nibble_x), the order in which its
+     * decode leaves the weights of a block. */
+    int mxfp4_nibble_x;
     /* Returns a . b over n floats. */
     float (*dot)(const float *a, const float *b, int n);
     /* y[i] += a * x[i] for i < n. */
@@ -46,12 +46,23 @@ typedef struct {
 extern float cpu_mxfp4_half_scale[256];
 /* 2^(s - 152) for each E8M0 byte s: the scale of the doubled E2M1 integers times 2^24. */
 extern float cpu_mxfp4_scale24[256];
-/* Fills cpu_mxfp4_half_scale and cpu_mxfp4_scale24 (idempotent). */
+/* For each E8M0 byte s <= 232: the bits of 2^(s - 105), a float whose mantissa's last bit is
+ * worth 2^(s - 128), so OR-ing a byte u into it gives 2^(s - 105) + u * 2^(s - 128); above
+ * 232 (the exponent would overflow) the bits of a quiet NaN, which stays NaN under the OR. */
+extern uint32_t cpu_mxfp4_magic[256];
+/* The same floats with u = 12 (12 + the doubled E2M1 zero, kern_avx2's biased table); NaN
+ * above 232. */
+extern float cpu_mxfp4_magic_zero[256];
+/* Fills cpu_mxfp4_half_scale, cpu_mxfp4_scale24 and the magic tables (idempotent). */
 void cpu_kern_init_tables(void);
 
 /* Writes x ([T][n]) to out ([T][n]) in split order: in each 16 values of a row, the 8 at
  * even offsets, then the 8 at odd offsets; the last n % 16 values of a row as they are. */
 void cpu_split_x(const float *x, int T, int n, float *out);
+
+/* Writes x ([T][n]) to out ([T][n]) in nibble order: in each 8 values of a row, the 4 at
+ * even offsets, then the 4 at odd offsets; the last n % 8 values of a row as they are. */
+void cpu_nibble_x(const float *x, int T, int n, float *out);
 
 extern const cpu_kern_t cpu_kern_generic;
 /* Per-ISA tables, defined in kern_<isa>.c (compiled for that ISA; call only after

@@ -1,18 +1,17 @@
 /* kern_avx2: AVX2 + FMA inner loops of the CPU backend (compiled with -mavx2
  * -mfma; chosen at run time only where the CPU has both).
  *
- * x arrives in split order (cpu_split_x: per 16 values, the 8 even ones, then the 8 odd
- * ones). bf16 weights are loaded 16 at a time: each 32-bit lane holds an (even, odd) pair,
- * a 16-bit shift left gives the even weights as floats and a blend of the high halves over
- * that gives the odd ones (both exact). MXFP4 blocks are decoded in registers (see
- * s_mx_decode): nibbles -> pshufb over the doubled E2M1 integers {0,1,2,3,4,6,8,12} (signed)
- * -> int32 -> float, times the block's exact power-of-two scale, which gives the exact weight
- * value in fp32.
+ * bf16 rows take x in split order (cpu_split_x: per 16 values, the 8 even ones, then the 8
+ * odd ones): each 32-bit lane of the weights holds an (even, odd) pair, a 16-bit shift left
+ * gives the even weights as floats and a blend of the high halves over that gives the odd
+ * ones (both exact). MXFP4 rows take x in nibble order (cpu_nibble_x: per 8 values, the 4
+ * even ones, then the 4 odd ones); their blocks are decoded in registers into the exact
+ * weights (see s_mx_wdec).
  *
  * Both formats then share one summation order (the batch-invariance contract of
  * cpu_kern.h): per (row, token) one 8-lane accumulator takes the columns 8 at a time in
- * ascending split order, then s_hsum, then the n % 16 tail columns one by one (bf16 only;
- * MXFP4 rows are whole blocks), then the bias. Paths:
+ * ascending order of x as given, then s_hsum, then the n % 16 tail columns one by one
+ * (bf16 only; MXFP4 rows are whole blocks), then the bias. Paths:
  * - T = 1 (decode): four rows per pass, each x vector loaded once for the four;
  * - bf16, T >= 4: tiles of 3 rows x 4 tokens (12 accumulators, all 16 registers: the inner
  *   loop is written in assembly), the reduction in L1-sized column chunks with the
@@ -336,48 +335,117 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
            (size_t)W->rows, 1);
 }
 
-/* MXFP4 decoding. x arrives in the split order of cpu_kern_t.mxfp4_split_x (per
- * 16 values: the 8 even ones, then the 8 odd ones), which is the order in which
- * the nibbles come out of a byte without any interleaving. The 16 bytes of a
- * block are loaded into both 128-bit lanes; one pshufb spreads 8 bytes into the
- * top byte of eight 32-bit lanes, a mask (lo nibble) or a 4-bit shift (hi nibble:
- * the shift leaves zeros above it, and the lo nibble lands in bits 4-7 of byte 2,
- * where pshufb reads index 0 or the zeroing bit, both giving 0) keeps one nibble
- * there, a second pshufb replaces it by the doubled E2M1 integer
- * (signed int8, so the 32-bit lane is that integer times 2^24, sign included),
- * and cvtdq2ps makes it a float. Multiplying by the block's 2^(s - 152)
- * (cpu_mxfp4_scale24: the 2^24 and the 0.5 of the doubling folded in, an exact
- * power of two) gives the exact weight. */
+/* MXFP4 decoding. x arrives in nibble order (cpu_nibble_x: per 8 values, the 4 even ones,
+ * then the 4 odd ones), the order in which the decodes below leave the weights. The 16 bytes
+ * of a block are loaded into both 128-bit lanes; a 4-bit shift of the high lane (vpsrlvd)
+ * and a mask leave the lo nibbles (even weights) in the low lane and the hi nibbles (odd
+ * weights) in the high one, and one pshufb looks all 32 up in a 16-entry table.
+ *
+ * s_mx_wdec (T <= 3) then needs no int -> float conversion and no multiply: the table gives
+ * u = 12 + the doubled E2M1 integer (0..24), and the block's scale byte s picks M, the bits
+ * of 2^(s - 105) (cpu_mxfp4_magic), a float whose mantissa's last bit is worth 2^(s - 128),
+ * so M | u is the float 2^(s - 105) + u * 2^(s - 128). Two blends put M's two nonzero bytes
+ * beside 8 u bytes in each lane, so each of the four pshufbs that spread 4 u bytes per lane
+ * into 32-bit lanes writes M | u directly; subtracting the same float for u = 12
+ * (cpu_mxfp4_magic_zero) leaves (u - 12) * 2^(s - 128), the exact weight (both operands lie
+ * within a factor of two, so the difference is exact, subnormal results included). 16 vector
+ * ops per block instead of 20. For s above S_MX_MAGIC_MAX the tables hold NaN (M's exponent
+ * would overflow), so such rows come out NaN and s_mxfp4_rows computes them again with
+ * s_mx_wdec_any. s_mx_wdec_cvt (T >= S_MX_CVT_NT) spreads the doubled integer into the top
+ * byte of each 32-bit lane instead (that integer times 2^24), converts and multiplies by
+ * 2^(s - 152) (cpu_mxfp4_scale24): the same weights, and faster once several tokens share a
+ * decoded block (BENCHMARKS.md, fifth session). */
+
+#define S_MX_MAGIC_MAX 232 /* largest scale byte whose magic float is finite */
+#define S_MX_CVT_NT    4   /* token tiles of at least this many tokens use s_mx_wdec_cvt */
+
+/* 32-bit lane i of spread v (per 128-bit lane) <- u byte 4v + i, zero, M's bytes 2 and 3 (at
+ * 10, 11 beside u bytes 0-7, at 2, 3 beside u bytes 8-15) */
+static const int8_t s_mx_spread[4][32] __attribute__((aligned(32))) = {
+#define S_SP(a, m)                                                                                 \
+    a, -128, m, m + 1, a + 1, -128, m, m + 1, a + 2, -128, m, m + 1, a + 3, -128, m, m + 1
+    {S_SP(0, 10), S_SP(0, 10)},
+    {S_SP(4, 10), S_SP(4, 10)},
+    {S_SP(8, 2), S_SP(8, 2)},
+    {S_SP(12, 2), S_SP(12, 2)},
+#undef S_SP
+};
+
+/* 32-bit lane i of vector v (per 128-bit lane) <- byte 4v + i in its top byte, zeros below */
+static const int8_t s_mx_top[4][32] __attribute__((aligned(32))) = {
+#define S_TOP(a)                                                                                   \
+    -128, -128, -128, a, -128, -128, -128, a + 1, -128, -128, -128, a + 2, -128, -128, -128, a + 3
+    {S_TOP(0), S_TOP(0)},
+    {S_TOP(4), S_TOP(4)},
+    {S_TOP(8), S_TOP(8)},
+    {S_TOP(12), S_TOP(12)},
+#undef S_TOP
+};
 
 typedef struct {
-    __m256i lut, spread0, spread1, mask;
+    __m256i ulut, vlut, shift, nib;
+    /* s_mx_spread where the spreads may live in registers; NULL: through s_mx_hide, one
+     * memory operand per use (s_mx_rows4: in registers beside its 4 accumulators and 4 x
+     * vectors they pushed the accumulators onto the stack) */
+    const __m256i *sp;
 } s_mx_consts_t;
 
-static inline s_mx_consts_t s_mx_consts(void) {
+static inline s_mx_consts_t s_mx_consts(const __m256i *sp) {
     s_mx_consts_t k;
-    k.lut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)mxfp4_e2m1_x2));
-    /* byte 3 of lane i <- byte i (lanes 0-3) / 4 + i (lanes 4-7); 0x80 = zero */
-    k.spread0 = _mm256_setr_epi8(-128, -128, -128, 0, -128, -128, -128, 1, -128, -128, -128, 2,
-                                 -128, -128, -128, 3, -128, -128, -128, 4, -128, -128, -128, 5,
-                                 -128, -128, -128, 6, -128, -128, -128, 7);
-    k.spread1 = _mm256_add_epi32(k.spread0, _mm256_set1_epi32(8 << 24));
-    k.mask = _mm256_set1_epi32(0x0f000000);
+    k.vlut = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)mxfp4_e2m1_x2));
+    k.ulut = _mm256_add_epi8(k.vlut, _mm256_set1_epi8(12));
+    k.shift = _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4);
+    k.nib = _mm256_set1_epi8(0x0f);
+    k.sp = sp;
     return k;
 }
 
-/* Decodes one block (16 bytes, scale byte sc) into w[4]: its 32 exact weights in split order. */
-static inline void s_mx_wdec(const uint8_t *blk, uint8_t sc, const s_mx_consts_t *k, __m256 w[4]) {
-    __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk));
-    __m256i s0 = _mm256_shuffle_epi8(b, k->spread0), s1 = _mm256_shuffle_epi8(b, k->spread1);
-    const __m256 s = _mm256_set1_ps(cpu_mxfp4_scale24[sc]);
-    w[0] = _mm256_mul_ps(
-        _mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_and_si256(s0, k->mask))), s);
-    w[1] =
-        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_srli_epi32(s0, 4))), s);
-    w[2] = _mm256_mul_ps(
-        _mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_and_si256(s1, k->mask))), s);
-    w[3] =
-        _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(k->lut, _mm256_srli_epi32(s1, 4))), s);
+/* p, hidden from the optimizer so that loads through it stay memory operands. */
+static inline __attribute__((always_inline)) const __m256i *s_mx_hide(const void *p) {
+    const __m256i *q = p;
+    __asm__("" : "+r"(q));
+    return q;
+}
+
+/* The block's 32 nibbles as indices: lo nibbles in the low lane, hi nibbles in the high. */
+static inline __attribute__((always_inline)) __m256i s_mx_nibbles(const uint8_t *blk,
+                                                                  const s_mx_consts_t *k) {
+    const __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)blk));
+    return _mm256_and_si256(_mm256_srlv_epi32(b, k->shift), k->nib);
+}
+
+/* Decodes one block (16 bytes, scale byte sc) into w[4]: its 32 exact weights in nibble
+ * order, or NaNs when sc > S_MX_MAGIC_MAX. */
+static inline __attribute__((always_inline)) void s_mx_wdec(const uint8_t *blk, uint8_t sc,
+                                                            const s_mx_consts_t *k, __m256 w[4]) {
+    const __m256i u = _mm256_shuffle_epi8(k->ulut, s_mx_nibbles(blk, k));
+    const __m256i m = _mm256_set1_epi32((int32_t)cpu_mxfp4_magic[sc]);
+    const __m256i lo = _mm256_blend_epi32(u, m, 0xcc), hi = _mm256_blend_epi32(u, m, 0x33);
+    const __m256 c = _mm256_set1_ps(cpu_mxfp4_magic_zero[sc]);
+    const __m256i *sp = k->sp ? k->sp : s_mx_hide(s_mx_spread);
+#define S_MX_W(v, i)                                                                               \
+    _mm256_sub_ps(_mm256_castsi256_ps(_mm256_shuffle_epi8(v, _mm256_load_si256(sp + i))), c)
+    w[0] = S_MX_W(lo, 0);
+    w[1] = S_MX_W(lo, 1);
+    w[2] = S_MX_W(hi, 2);
+    w[3] = S_MX_W(hi, 3);
+#undef S_MX_W
+}
+
+/* The same 32 weights as s_mx_wdec by int -> float and the scale multiply, for any scale
+ * byte. */
+static inline __attribute__((always_inline)) void
+s_mx_wdec_cvt(const uint8_t *blk, uint8_t sc, const s_mx_consts_t *k, __m256 w[4]) {
+    const __m256i v = _mm256_shuffle_epi8(k->vlut, s_mx_nibbles(blk, k));
+    const __m256 f = _mm256_set1_ps(cpu_mxfp4_scale24[sc]);
+    const __m256i *tp = s_mx_hide(s_mx_top);
+#define S_MX_W(i)                                                                                  \
+    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_shuffle_epi8(v, _mm256_load_si256(tp + i))), f)
+    w[0] = S_MX_W(0);
+    w[1] = S_MX_W(1);
+    w[2] = S_MX_W(2);
+    w[3] = S_MX_W(3);
+#undef S_MX_W
 }
 
 /* acc += the block's weights w . its 32 x values (4 FMAs in column order). */
@@ -397,8 +465,8 @@ static inline void s_mx_rows4(const uint8_t *blk, size_t bstride, const uint8_t 
     const uint8_t *s1 = sc + sstride, *s2 = s1 + sstride, *s3 = s2 + sstride;
     for (int g = 0; g < nb; g++) {
         const float *xg = xt + g * MXFP4_BLOCK;
-        const __m256 x0 = s_ldreg(xg), x1 = s_ldreg(xg + 8);
-        const __m256 x2 = s_ldreg(xg + 16), x3 = s_ldreg(xg + 24);
+        const __m256 x0 = _mm256_loadu_ps(xg), x1 = _mm256_loadu_ps(xg + 8);
+        const __m256 x2 = _mm256_loadu_ps(xg + 16), x3 = _mm256_loadu_ps(xg + 24);
         const size_t off = (size_t)g * MXFP4_BLOCK_BYTES;
         /* the next four rows, one cache line per block step (rows are usually contiguous, so
          * this streams them in while these four are computed; four interleaved row streams
@@ -450,8 +518,12 @@ static inline __attribute__((always_inline)) void s_mx_rowsN(const uint8_t *blk,
         if (g < slines) _mm_prefetch((const char *)(nb_sc + (size_t)g * 64), _MM_HINT_T0);
 #pragma GCC unroll 2
         for (int r = 0; r < RW; r++) {
+            const uint8_t *bp = blk + r * bstride + g * MXFP4_BLOCK_BYTES;
             __m256 w[4];
-            s_mx_wdec(blk + r * bstride + g * MXFP4_BLOCK_BYTES, sc[r * sstride + g], k, w);
+            if (NT >= S_MX_CVT_NT)
+                s_mx_wdec_cvt(bp, sc[r * sstride + g], k, w);
+            else
+                s_mx_wdec(bp, sc[r * sstride + g], k, w);
 #pragma GCC unroll 8
             for (int i = 0; i < NT; i++)
                 acc[r][i] = s_mx_fma4(w, xg + i * ldx, acc[r][i]);
@@ -514,36 +586,65 @@ static void s_mx_t1(const float *xt, const ops_mxfp4_mat_t *W, const uint16_t *b
     }
 }
 
-static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
-                         int r0, int r1, float *y) {
+/* Rows [r0, r1) for all T tokens: each row's blocks decoded with s_mx_wdec_cvt (any scale
+ * byte) into an fp32 buffer on the stack, then the 3 x 4 tiles of the bf16 path over it,
+ * which sum in the same order as the paths above (buf == 1: rows of up to S_MX_BUF_MAX
+ * columns); or, one (row, token) at a time, straight into s_mx_fma4 (buf == 0; any width). */
+static void s_mx_cvt_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
+                          int r0, int r1, float *y, const s_mx_consts_t *k, int buf) {
     const int n = W->cols, nb = n / MXFP4_BLOCK;
     const size_t ldy = (size_t)W->rows;
-    const s_mx_consts_t k = s_mx_consts();
-    if (T >= S_MX_BUF_T && n <= S_MX_BUF_MAX) {
-        /* decode the rows once into an fp32 buffer (exact values, split order), then the
-         * 3 x 4 tiles of the bf16 path over it: the same summation order as the paths below */
-        float wbuf[S_MX_BUF_MAX] __attribute__((aligned(64)));
-        const int rbw = S_MX_BUF_MAX / n >= 3 ? S_MX_BUF_MAX / n / 3 * 3 : S_MX_BUF_MAX / n;
-        for (int rb = r0; rb < r1; rb += rbw) {
-            const int nr = r1 - rb < rbw ? r1 - rb : rbw;
-            for (int i = 0; i < nr; i++) {
-                const uint8_t *blk = W->blocks + (size_t)(rb + i) * W->blocks_stride;
-                const uint8_t *sc = W->scales + (size_t)(rb + i) * W->scales_stride;
-                float *wr = wbuf + (size_t)i * n;
+    if (!buf) {
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
+            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
+            const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+            for (int t = 0; t < T; t++) {
+                __m256 acc = _mm256_setzero_ps();
                 for (int g = 0; g < nb; g++) {
                     __m256 w[4];
-                    s_mx_wdec(blk + g * MXFP4_BLOCK_BYTES, sc[g], &k, w);
-                    _mm256_store_ps(wr + g * MXFP4_BLOCK, w[0]);
-                    _mm256_store_ps(wr + g * MXFP4_BLOCK + 8, w[1]);
-                    _mm256_store_ps(wr + g * MXFP4_BLOCK + 16, w[2]);
-                    _mm256_store_ps(wr + g * MXFP4_BLOCK + 24, w[3]);
+                    s_mx_wdec_cvt(blk + g * MXFP4_BLOCK_BYTES, sc[g], k, w);
+                    acc = s_mx_fma4(w, x + (size_t)t * n + g * MXFP4_BLOCK, acc);
                 }
+                y[(size_t)t * ldy + r] = s_hsum(acc) + b;
             }
-            s_rows(x, T, n, wbuf, (size_t)n, nr, bias, rb, y, ldy, 0);
         }
         return;
     }
-    /* a few tokens: tiles of up to 8, each decoded block feeding all of them */
+    float wbuf[S_MX_BUF_MAX] __attribute__((aligned(64)));
+    const int rbw = S_MX_BUF_MAX / n >= 3 ? S_MX_BUF_MAX / n / 3 * 3 : S_MX_BUF_MAX / n;
+    for (int rb = r0; rb < r1; rb += rbw) {
+        const int nr = r1 - rb < rbw ? r1 - rb : rbw;
+        for (int i = 0; i < nr; i++) {
+            const uint8_t *blk = W->blocks + (size_t)(rb + i) * W->blocks_stride;
+            const uint8_t *sc = W->scales + (size_t)(rb + i) * W->scales_stride;
+            float *wr = wbuf + (size_t)i * n;
+            for (int g = 0; g < nb; g++) {
+                __m256 w[4];
+                s_mx_wdec_cvt(blk + g * MXFP4_BLOCK_BYTES, sc[g], k, w);
+                _mm256_store_ps(wr + g * MXFP4_BLOCK, w[0]);
+                _mm256_store_ps(wr + g * MXFP4_BLOCK + 8, w[1]);
+                _mm256_store_ps(wr + g * MXFP4_BLOCK + 16, w[2]);
+                _mm256_store_ps(wr + g * MXFP4_BLOCK + 24, w[3]);
+            }
+        }
+        s_rows(x, T, n, wbuf, (size_t)n, nr, bias, rb, y, ldy, 0);
+    }
+}
+
+static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
+                         int r0, int r1, float *y) {
+    const int n = W->cols;
+    const size_t ldy = (size_t)W->rows;
+    if (T >= S_MX_BUF_T && n <= S_MX_BUF_MAX) {
+        /* decode the rows once into an fp32 buffer, then the 3 x 4 tiles */
+        const s_mx_consts_t k = s_mx_consts(NULL);
+        s_mx_cvt_rows(x, T, W, bias, r0, r1, y, &k, 1);
+        return;
+    }
+    /* a few tokens: tiles of up to 8, each decoded block feeding all of them; the token tiles
+     * keep the spreads in registers (s_mx_rows4 cannot, see s_mx_consts_t) */
+    const s_mx_consts_t k1 = s_mx_consts(NULL), k = s_mx_consts((const __m256i *)s_mx_spread);
     int t = 0;
     for (; T - t >= 8; t += 8)
         s_mx_small(x + (size_t)t * n, n, 8, W, bias, r0, r1, y, t, &k);
@@ -552,7 +653,7 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
     case 0:
         break;
     case 1:
-        s_mx_t1(xr, W, bias, r0, r1, y + (size_t)t * ldy, &k);
+        s_mx_t1(xr, W, bias, r0, r1, y + (size_t)t * ldy, &k1);
         break;
     case 2:
         s_mx_small(xr, n, 2, W, bias, r0, r1, y, t, &k);
@@ -573,6 +674,16 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
         s_mx_small(xr, n, 7, W, bias, r0, r1, y, t, &k);
         break;
     }
+    /* s_mx_wdec gives NaN weights for scale bytes above S_MX_MAGIC_MAX (no real checkpoint has
+     * one: 2^106): a NaN result is computed again with s_mx_wdec_cvt, in the same order (a NaN
+     * that came from x or the bias comes out the same) */
+    if (T % 8 == 0 || T % 8 >= S_MX_CVT_NT) return; /* no tile used s_mx_wdec */
+    for (int i = 0; i < T; i++)
+        for (int r = r0; r < r1; r++)
+            if (isnan(y[(size_t)i * ldy + r])) {
+                s_mx_cvt_rows(x, T, W, bias, r0, r1, y, &k1, 0);
+                return;
+            }
 }
 
 static float s_dot(const float *a, const float *b, int n) {
@@ -604,7 +715,7 @@ static const cpu_kern_t s_kern = {
     .name = "avx2",
     .bf16_rows = s_bf16_rows,
     .mxfp4_rows = s_mxfp4_rows,
-    .mxfp4_split_x = 1,
+    .mxfp4_nibble_x = 1,
     .bf16_split_x = 1,
     .dot = s_dot,
     .axpy = s_axpy,

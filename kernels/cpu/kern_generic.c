@@ -2,6 +2,7 @@
  * machine, and a second opinion for the SIMD paths in tests). fp32 accumulation,
  * weights widened exactly; no intrinsics. */
 #include <math.h>
+#include <string.h>
 
 #include "bf16.h"
 #include "cpu_kern.h"
@@ -9,11 +10,21 @@
 
 float cpu_mxfp4_half_scale[256];
 float cpu_mxfp4_scale24[256];
+uint32_t cpu_mxfp4_magic[256];
+float cpu_mxfp4_magic_zero[256];
 
 void cpu_kern_init_tables(void) {
     for (int s = 0; s < 256; s++) {
         cpu_mxfp4_half_scale[s] = ldexpf(1.0f, s - 128);
         cpu_mxfp4_scale24[s] = ldexpf(1.0f, s - 152);
+        if (s <= 232) {
+            const float m = ldexpf(1.0f, s - 105);
+            memcpy(&cpu_mxfp4_magic[s], &m, sizeof m);
+            cpu_mxfp4_magic_zero[s] = m + ldexpf(12.0f, s - 128);
+        } else {
+            cpu_mxfp4_magic[s] = 0x7fc00000u; /* NaN | u is NaN: flags the block (kern_avx2) */
+            cpu_mxfp4_magic_zero[s] = NAN;
+        }
     }
 }
 
@@ -28,6 +39,21 @@ void cpu_split_x(const float *x, int T, int n, float *out) {
                 ot[i + 8 + j] = xt[i + 2 * j + 1];
             }
         for (int i = n16; i < n; i++)
+            ot[i] = xt[i];
+    }
+}
+
+void cpu_nibble_x(const float *x, int T, int n, float *out) {
+    const int n8 = n & ~7;
+    for (int t = 0; t < T; t++) {
+        const float *xt = x + (size_t)t * n;
+        float *ot = out + (size_t)t * n;
+        for (int i = 0; i < n8; i += 8)
+            for (int j = 0; j < 4; j++) {
+                ot[i + j] = xt[i + 2 * j];
+                ot[i + 4 + j] = xt[i + 2 * j + 1];
+            }
+        for (int i = n8; i < n; i++)
             ot[i] = xt[i];
     }
 }

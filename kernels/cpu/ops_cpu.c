@@ -112,15 +112,16 @@ static void s_mm_run(const s_cpu_t *c, s_mm_job_t *j, int cols) {
     cpu_pool_run(c->pool, (j->rows + chunk - 1) / chunk, s_mm_task, j);
 }
 
-/* x in split order for kernels that want it (cpu_kern.h): into stack (S_SPLIT_STACK floats)
- * when it fits, else into a malloc'd buffer that the caller frees when it is not stack. Returns
- * x itself when the kernel takes x as it is. */
-static const float *s_split(const float *x, int T, int cols, int want, float *stack) {
-    if (!want) return x;
+/* x in the order a kernel wants (cpu_kern.h: cpu_split_x, cpu_nibble_x): into stack
+ * (S_SPLIT_STACK floats) when it fits, else into a malloc'd buffer that the caller frees when
+ * it is not stack. Returns x itself when order is NULL (the kernel takes x as it is). */
+static const float *s_split(const float *x, int T, int cols,
+                            void (*order)(const float *, int, int, float *), float *stack) {
+    if (!order) return x;
     size_t n = (size_t)T * cols;
     float *xs = n <= S_SPLIT_STACK ? stack : malloc(n * sizeof *xs);
     if (!xs) abort(); /* ops have no error path; a few MB at most */
-    cpu_split_x(x, T, cols, xs);
+    order(x, T, cols, xs);
     return xs;
 }
 
@@ -128,7 +129,8 @@ static void s_matmul_bf16(const ops_t *o, const float *x, int T, const ops_bf16_
                           const uint16_t *bias, float *y) {
     if (T <= 0 || W->rows <= 0) return;
     float stack[S_SPLIT_STACK];
-    const float *xs = s_split(x, T, W->cols, s_cpu(o)->kern->bf16_split_x, stack);
+    const float *xs =
+        s_split(x, T, W->cols, s_cpu(o)->kern->bf16_split_x ? cpu_split_x : NULL, stack);
     s_mm_job_t j = {
         .cpu = s_cpu(o), .x = xs, .T = T, .wb = W, .bias = bias, .y = y, .rows = W->rows};
     s_mm_run(s_cpu(o), &j, W->cols);
@@ -140,7 +142,8 @@ static void s_matmul_mxfp4(const ops_t *o, const float *x, int T, const ops_mxfp
     if (T <= 0 || W->rows <= 0) return;
     assert(W->cols % 32 == 0);
     float stack[S_SPLIT_STACK];
-    const float *xs = s_split(x, T, W->cols, s_cpu(o)->kern->mxfp4_split_x, stack);
+    const float *xs =
+        s_split(x, T, W->cols, s_cpu(o)->kern->mxfp4_nibble_x ? cpu_nibble_x : NULL, stack);
     s_mm_job_t j = {
         .cpu = s_cpu(o), .x = xs, .T = T, .wm = W, .bias = bias, .y = y, .rows = W->rows};
     s_mm_run(s_cpu(o), &j, W->cols);
@@ -469,7 +472,7 @@ typedef struct {
 typedef struct {
     const s_cpu_t *cpu;
     const ops_experts_t *set; /* gate_up or down */
-    const float *x;           /* [N][cols] input rows, expert-major (split order if the kernel
+    const float *x;           /* [N][cols] input rows, expert-major (nibble order if the kernel
                                  wants it) */
     const int32_t *estart;    /* [E+1] first row of each expert */
     float *y;                 /* [N][rows] */
@@ -544,7 +547,7 @@ static void s_moe(const ops_t *o, const float *a, int T, const int32_t *idx, con
     if (nu == 0) return; /* a shard past the last block: zeros */
     assert(K >= 1 && K <= E && m->down.mat.rows == H && m->down.mat.cols == nu);
     const size_t P = (size_t)T * K;
-    const int split = c->kern->mxfp4_split_x;
+    const int split = c->kern->mxfp4_nibble_x;
     float *xe = s_moe_scratch(c, S_M_XE, sizeof(float) * P * (size_t)H);
     float *he = s_moe_scratch(c, S_M_HE, sizeof(float) * P * 2 * (size_t)nu);
     float *ae = s_moe_scratch(c, S_M_AE, sizeof(float) * P * (size_t)nu);
@@ -572,13 +575,13 @@ static void s_moe(const ops_t *o, const float *a, int T, const int32_t *idx, con
     for (size_t p = 0; p < P; p++) {
         const float *src = a + (size_t)etok[p] * H;
         if (split)
-            cpu_split_x(src, 1, H, xe + p * H);
+            cpu_nibble_x(src, 1, H, xe + p * H);
         else
             memcpy(xe + p * H, src, sizeof(float) * (size_t)H);
     }
     s_moe_matmuls(c, &m->gate_up, xe, estart, E, he);
     s_swiglu(o, he, (int)P, nu, m->alpha, m->limit, ae);
-    if (split) cpu_split_x(ae, (int)P, nu, as);
+    if (split) cpu_nibble_x(ae, (int)P, nu, as);
     s_moe_matmuls(c, &m->down, as, estart, E, ye);
     for (int x = 0; x < E; x++)
         for (int p = estart[x]; p < estart[x + 1]; p++)

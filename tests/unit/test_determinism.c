@@ -367,16 +367,18 @@ static void s_kernels(const char *isa, int threads) {
         for (size_t i = 0; i < (size_t)rows * mcols / 2; i++)
             blk[i] = (uint8_t)S_RND();
         /* scales: most rows in 120..129; every 5th row (from 3) mixes tiny (0..25, where the
-         * fp32 scale is a denormal or 0) and huge (153..164) scales, and every 5th (from 4)
-         * alternates 152 and 26 (blocks 2^126 apart): every path must still give the bits of
-         * T = 1 */
+         * fp32 scale is a denormal or 0) and huge (153..164) scales, every 5th (from 4)
+         * alternates 152 and 26 (blocks 2^126 apart), and every 7th (from 2) has a block
+         * past 232 (kern_avx2 computes such rows again with a multiply) among normal ones:
+         * every path must still give the bits of T = 1 */
         for (int r = 0; r < rows; r++)
             for (int g = 0; g < mcols / 32; g++) {
                 const uint32_t u = S_RND();
                 sc[(size_t)r * (mcols / 32) + g] =
-                    (uint8_t)(r % 5 == 3   ? (u & 1 ? u % 26 : 153 + u % 12)
-                              : r % 5 == 4 ? (g & 1 ? 26 : 152)
-                                           : 120 + u % 10);
+                    (uint8_t)(r % 7 == 2 && g == r % (mcols / 32) ? 233 + u % 8
+                              : r % 5 == 3                        ? (u & 1 ? u % 26 : 153 + u % 12)
+                              : r % 5 == 4                        ? (g & 1 ? 26 : 152)
+                                                                  : 120 + u % 10);
             }
         for (size_t i = 0; i < (size_t)P * mcols; i++)
             pool[i] = ((float)(S_RND() % 20001) - 10000.0f) / 3000.0f;

@@ -135,17 +135,18 @@ static void s_test_matmul_mxfp4(const ops_t *o) {
     }
 }
 
-/* MXFP4 with scales across the whole E8M0 range in use (tiny and huge blocks in one
- * row), 93 blocks (past and not a multiple of the 8-block reduction chunk), rows
- * past the 16-row block, T = 1 and a 16-token batch: exact up to fp32 rounding. */
+/* MXFP4 with scales across the E8M0 range (tiny, subnormal and huge blocks in one row,
+ * scale bytes past 232, where kern_avx2's magic-number decode gives way to a multiply), 93
+ * blocks (past and not a multiple of the 8-block reduction chunk), rows past the 16-row block,
+ * T = 1, the 2/3/5-token tiles and a 16-token batch: exact up to fp32 rounding. */
 static void s_test_matmul_mxfp4_scales(const ops_t *o) {
-    const int cols = 93 * 32, rows = 41, Ts[] = {1, 16};
+    const int cols = 93 * 32, rows = 41, Ts[] = {1, 2, 3, 5, 16};
     const size_t bstride = (size_t)cols / 2, sstride = (size_t)cols / 32;
     uint8_t *blk = malloc((size_t)rows * bstride), *sc = malloc((size_t)rows * sstride);
     for (size_t i = 0; i < (size_t)rows * bstride; i++)
         blk[i] = (uint8_t)s_next();
     for (size_t i = 0; i < (size_t)rows * sstride; i++)
-        sc[i] = (uint8_t)(40 + s_next() % 180); /* 2^-87 .. 2^92 */
+        sc[i] = (uint8_t)(s_next() % 241); /* 2^-127 .. 2^113 */
     float *row = malloc(sizeof(float) * (size_t)cols);
     for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
         const int T = Ts[ti];
