@@ -27,8 +27,8 @@ typedef struct {
      * y: [T][W->rows]; bias bf16 or NULL). */
     void (*bf16_rows)(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias, int r0,
                       int r1, float *y);
-    /* 1: bf16_rows wants x in split order too (cpu_split_x): a 32-bit lane of the weights
-     * holds an (even, odd) pair, so shifts and blends give the even and the odd weights. */
+    /* 1: bf16_rows wants x in split order (cpu_split_x): a 32-bit lane of the weights holds
+     * an (even, odd) pair, so shifts and blends give the even and the odd weights. */
     int bf16_split_x;
     /* Same for MXFP4 weights; x in nibble order if mxfp4_nibble_x. */
     void (*mxfp4_rows)(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,

@@ -54,7 +54,7 @@ static inline __m256 s_ldreg(const float *p) {
  * vectors. bf16 (BF = 1): one 32-byte load, whose 32-bit lanes hold the pairs (even, odd); a
  * 16-bit shift left gives the even weights as floats (s_wlo), and blending the low halves of
  * that (zeros) into the load gives the odd ones (s_whi; no mask register), both exact. fp32
- * (BF = 0, a buffer already in split order): two loads. */
+ * (BF = 0, the MXFP4 buffer, already in the order of x): two loads. */
 static inline __attribute__((always_inline)) __m256 s_wlo(const void *w, size_t c, const int BF) {
     if (!BF) return _mm256_loadu_ps((const float *)w + c);
     __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + c));
