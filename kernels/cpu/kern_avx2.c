@@ -350,8 +350,8 @@ static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const ui
  * (cpu_mxfp4_magic_zero) leaves (u - 12) * 2^(s - 128), the exact weight (both operands lie
  * within a factor of two, so the difference is exact, subnormal results included). 16 vector
  * ops per block instead of 20. For s above S_MX_MAGIC_MAX the tables hold NaN (M's exponent
- * would overflow), so such rows come out NaN and s_mxfp4_rows computes them again with
- * s_mx_wdec_any. s_mx_wdec_cvt (T >= S_MX_CVT_NT) spreads the doubled integer into the top
+ * would overflow), so such rows come out NaN and s_mxfp4_rows computes them again
+ * (s_mx_redo). s_mx_wdec_cvt (T >= S_MX_CVT_NT) spreads the doubled integer into the top
  * byte of each 32-bit lane instead (that integer times 2^24), converts and multiplies by
  * 2^(s - 152) (cpu_mxfp4_scale24): the same weights, and faster once several tokens share a
  * decoded block (BENCHMARKS.md, fifth session). */
@@ -586,31 +586,12 @@ static void s_mx_t1(const float *xt, const ops_mxfp4_mat_t *W, const uint16_t *b
     }
 }
 
-/* Rows [r0, r1) for all T tokens: each row's blocks decoded with s_mx_wdec_cvt (any scale
- * byte) into an fp32 buffer on the stack, then the 3 x 4 tiles of the bf16 path over it,
- * which sum in the same order as the paths above (buf == 1: rows of up to S_MX_BUF_MAX
- * columns); or, one (row, token) at a time, straight into s_mx_fma4 (buf == 0; any width). */
-static void s_mx_cvt_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
-                          int r0, int r1, float *y, const s_mx_consts_t *k, int buf) {
+/* Rows [r0, r1) for all T tokens (n <= S_MX_BUF_MAX): each row's blocks decoded with
+ * s_mx_wdec_cvt (any scale byte) into an fp32 buffer on the stack, then the 3 x 4 tiles of the
+ * bf16 path over it, which sum in the same order as the paths above. */
+static void s_mx_buffered(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias,
+                          int r0, int r1, float *y, const s_mx_consts_t *k) {
     const int n = W->cols, nb = n / MXFP4_BLOCK;
-    const size_t ldy = (size_t)W->rows;
-    if (!buf) {
-        for (int r = r0; r < r1; r++) {
-            const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
-            const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
-            const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
-            for (int t = 0; t < T; t++) {
-                __m256 acc = _mm256_setzero_ps();
-                for (int g = 0; g < nb; g++) {
-                    __m256 w[4];
-                    s_mx_wdec_cvt(blk + g * MXFP4_BLOCK_BYTES, sc[g], k, w);
-                    acc = s_mx_fma4(w, x + (size_t)t * n + g * MXFP4_BLOCK, acc);
-                }
-                y[(size_t)t * ldy + r] = s_hsum(acc) + b;
-            }
-        }
-        return;
-    }
     float wbuf[S_MX_BUF_MAX] __attribute__((aligned(64)));
     const int rbw = S_MX_BUF_MAX / n >= 3 ? S_MX_BUF_MAX / n / 3 * 3 : S_MX_BUF_MAX / n;
     for (int rb = r0; rb < r1; rb += rbw) {
@@ -628,7 +609,29 @@ static void s_mx_cvt_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const
                 _mm256_store_ps(wr + g * MXFP4_BLOCK + 24, w[3]);
             }
         }
-        s_rows(x, T, n, wbuf, (size_t)n, nr, bias, rb, y, ldy, 0);
+        s_rows(x, T, n, wbuf, (size_t)n, nr, bias, rb, y, (size_t)W->rows, 0);
+    }
+}
+
+/* Rows [r0, r1) for all T tokens again, one (row, token) at a time with s_mx_wdec_cvt (any
+ * scale byte, any width): the same operations in the same order as s_mx_rows4 and
+ * s_mx_rowsN, for results that s_mx_wdec's NaN blocks spoiled. */
+static void s_mx_redo(const float *x, int T, const ops_mxfp4_mat_t *W, const uint16_t *bias, int r0,
+                      int r1, float *y, const s_mx_consts_t *k) {
+    const int n = W->cols, nb = n / MXFP4_BLOCK;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *blk = W->blocks + (size_t)r * W->blocks_stride;
+        const uint8_t *sc = W->scales + (size_t)r * W->scales_stride;
+        const float b = bias ? bf16_to_f32(bias[r]) : 0.0f;
+        for (int t = 0; t < T; t++) {
+            __m256 acc = _mm256_setzero_ps();
+            for (int g = 0; g < nb; g++) {
+                __m256 w[4];
+                s_mx_wdec_cvt(blk + g * MXFP4_BLOCK_BYTES, sc[g], k, w);
+                acc = s_mx_fma4(w, x + (size_t)t * n + g * MXFP4_BLOCK, acc);
+            }
+            y[(size_t)t * W->rows + r] = s_hsum(acc) + b;
+        }
     }
 }
 
@@ -639,7 +642,7 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
     if (T >= S_MX_BUF_T && n <= S_MX_BUF_MAX) {
         /* decode the rows once into an fp32 buffer, then the 3 x 4 tiles */
         const s_mx_consts_t k = s_mx_consts(NULL);
-        s_mx_cvt_rows(x, T, W, bias, r0, r1, y, &k, 1);
+        s_mx_buffered(x, T, W, bias, r0, r1, y, &k);
         return;
     }
     /* a few tokens: tiles of up to 8, each decoded block feeding all of them; the token tiles
@@ -681,7 +684,7 @@ static void s_mxfp4_rows(const float *x, int T, const ops_mxfp4_mat_t *W, const 
     for (int i = 0; i < T; i++)
         for (int r = r0; r < r1; r++)
             if (isnan(y[(size_t)i * ldy + r])) {
-                s_mx_cvt_rows(x, T, W, bias, r0, r1, y, &k1, 0);
+                s_mx_redo(x, T, W, bias, r0, r1, y, &k1);
                 return;
             }
 }

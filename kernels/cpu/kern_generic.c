@@ -28,34 +28,29 @@ void cpu_kern_init_tables(void) {
     }
 }
 
-void cpu_split_x(const float *x, int T, int n, float *out) {
-    const int n16 = n & ~15;
+/* x ([T][n]) to out with each g values of a row (g even) as the g/2 at even offsets, then
+ * the g/2 at odd offsets; the last n % g values of a row as they are. */
+static inline void s_even_odd(const float *x, int T, int n, const int g, float *out) {
+    const int ng = n / g * g, h = g / 2;
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * n;
         float *ot = out + (size_t)t * n;
-        for (int i = 0; i < n16; i += 16)
-            for (int j = 0; j < 8; j++) {
+        for (int i = 0; i < ng; i += g)
+            for (int j = 0; j < h; j++) {
                 ot[i + j] = xt[i + 2 * j];
-                ot[i + 8 + j] = xt[i + 2 * j + 1];
+                ot[i + h + j] = xt[i + 2 * j + 1];
             }
-        for (int i = n16; i < n; i++)
+        for (int i = ng; i < n; i++)
             ot[i] = xt[i];
     }
 }
 
+void cpu_split_x(const float *x, int T, int n, float *out) {
+    s_even_odd(x, T, n, 16, out);
+}
+
 void cpu_nibble_x(const float *x, int T, int n, float *out) {
-    const int n8 = n & ~7;
-    for (int t = 0; t < T; t++) {
-        const float *xt = x + (size_t)t * n;
-        float *ot = out + (size_t)t * n;
-        for (int i = 0; i < n8; i += 8)
-            for (int j = 0; j < 4; j++) {
-                ot[i + j] = xt[i + 2 * j];
-                ot[i + 4 + j] = xt[i + 2 * j + 1];
-            }
-        for (int i = n8; i < n; i++)
-            ot[i] = xt[i];
-    }
+    s_even_odd(x, T, n, 8, out);
 }
 
 static void s_bf16_rows(const float *x, int T, const ops_bf16_mat_t *W, const uint16_t *bias,
