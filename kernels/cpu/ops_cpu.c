@@ -81,15 +81,16 @@ static void s_mm_task(void *arg, int task, int thread) {
 
 /* Rows per task of a matmul with T tokens on `threads` threads, rows of row_bytes bytes of
  * weights: 96 for the token tiles (T >= 4), else about 8 tasks per thread, between 4 rows and
- * S_TASK_BYTES of weights (the split never changes a result). The cap is in bytes because the
- * weights stream from memory: a task restarts the row streams, and with tasks of 64 MXFP4 rows
- * (98 KB) the batch-1 MoE took ~5% longer (median) than with ~250 (BENCHMARKS.md, third
- * session); bf16 rows of the 20b shape get ~64 rows, as before. */
+ * S_TASK_BYTES of weights, a multiple of 8 rows above 8 (the split never changes a result). The cap
+ * is in bytes because the weights stream from memory: a task restarts the row streams, and with
+ * tasks of 64 MXFP4 rows (98 KB) the batch-1 MoE took ~5% longer (median) than with ~250
+ * (BENCHMARKS.md, third session); bf16 rows of the 20b shape get ~64 rows, as before. */
 static int s_mm_chunk(int rows, int T, int threads, size_t row_bytes) {
     if (T >= 4) return 96; /* row groups of 3-row tiles, each prefetching the next (kern_avx2) */
     const int cap = (int)(S_TASK_BYTES / (row_bytes ? row_bytes : 1));
     int chunk = (rows + threads * 8 - 1) / (threads * 8);
     chunk = chunk > cap ? cap : chunk;
+    if (chunk > 8) chunk &= ~7; /* whole passes of the kernels' 8- and 4-row loops */
     return chunk < 4 ? 4 : chunk;
 }
 
