@@ -82,6 +82,26 @@ static inline __attribute__((always_inline)) __m256 s_fma16(const void *w, size_
     return _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_blend_epi16(v, lo, 0x55)), xw, a);
 }
 
+/* s_fma16 for two tokens: *a += the 16 weights . (xv, xw), *b += the same . (yv, yw). */
+static inline __attribute__((always_inline)) void s_fma16x2(const void *w, size_t c, __m256 xv,
+                                                            __m256 xw, __m256 yv, __m256 yw,
+                                                            __m256 *a, __m256 *b, const int BF) {
+    __m256 lo, hi;
+    if (BF) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + c));
+        const __m256i l = _mm256_slli_epi32(v, 16);
+        lo = _mm256_castsi256_ps(l);
+        hi = _mm256_castsi256_ps(_mm256_blend_epi16(v, l, 0x55));
+    } else {
+        lo = s_wlo(w, c, 0);
+        hi = s_whi(w, c, 0);
+    }
+    *a = _mm256_fmadd_ps(lo, xv, *a);
+    *b = _mm256_fmadd_ps(lo, yv, *b);
+    *a = _mm256_fmadd_ps(hi, xw, *a);
+    *b = _mm256_fmadd_ps(hi, yw, *b);
+}
+
 static inline __attribute__((always_inline)) float s_wscalar(const void *w, size_t c,
                                                              const int BF) {
     return BF ? bf16_to_f32(((const uint16_t *)w)[c]) : ((const float *)w)[c];
@@ -297,6 +317,43 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
                     s_finish(av[i], wa, xs[i], n16, n, S_BIAS(r), BF);
         }
     int t = T4;
+    /* two of the last T % 4 tokens at a time (batches of 2, 3, 6, 7): four rows per pass, each
+     * weight vector feeding both tokens, so the rows stream from memory once for the two (one
+     * token at a time read them twice); the next four rows are prefetched as in the one-token
+     * loop below. Each (row, token) accumulator sums as in the other paths. */
+    for (; t + 2 <= T; t += 2) {
+        const float *x0 = x + (size_t)t * n, *x1 = x0 + n;
+        float *y0 = y + (size_t)t * ldy + yr, *y1 = y0 + ldy;
+        int r = 0;
+        for (; r + 4 <= nr; r += 4) {
+            __m256 a[4], b[4];
+            for (int i = 0; i < 4; i++)
+                a[i] = b[i] = _mm256_setzero_ps();
+            const char *nx = (const char *)S_ROW(r + 4);
+            const int nl = (int)((4 * ws * esz + 63) / 64);
+            for (int c = 0, l = 0; c < n16; c += 16, l += 2) {
+                if (l < nl) _mm_prefetch(nx + (size_t)l * 64, _MM_HINT_T0);
+                if (l + 1 < nl) _mm_prefetch(nx + (size_t)l * 64 + 64, _MM_HINT_T0);
+                const __m256 x0v = s_ldreg(x0 + c), x1v = s_ldreg(x1 + c);
+                const __m256 x0w = s_ldreg(x0 + c + 8), x1w = s_ldreg(x1 + c + 8);
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++)
+                    s_fma16x2(S_ROW(r + i), (size_t)c, x0v, x0w, x1v, x1w, &a[i], &b[i], BF);
+            }
+            for (int i = 0; i < 4; i++) {
+                y0[r + i] = s_finish(a[i], S_ROW(r + i), x0, n16, n, S_BIAS(r + i), BF);
+                y1[r + i] = s_finish(b[i], S_ROW(r + i), x1, n16, n, S_BIAS(r + i), BF);
+            }
+        }
+        for (; r < nr; r++) {
+            __m256 a = _mm256_setzero_ps(), b = a;
+            for (int c = 0; c < n16; c += 16)
+                s_fma16x2(S_ROW(r), (size_t)c, s_ldreg(x0 + c), s_ldreg(x0 + c + 8),
+                          s_ldreg(x1 + c), s_ldreg(x1 + c + 8), &a, &b, BF);
+            y0[r] = s_finish(a, S_ROW(r), x0, n16, n, S_BIAS(r), BF);
+            y1[r] = s_finish(b, S_ROW(r), x1, n16, n, S_BIAS(r), BF);
+        }
+    }
     /* the last T % 4 tokens (T = 1: decode): eight rows at a time, then four, one accumulator
      * each, so that independent FMA chains hide the latency that one chain per row would
      * expose. Eight rows and no software prefetch stream bf16 weights faster than four rows
