@@ -321,6 +321,55 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
      * weight vector feeding both tokens, so the rows stream from memory once for the two (one
      * token at a time read them twice); the next four rows are prefetched as in the one-token
      * loop below. Each (row, token) accumulator sums as in the other paths. */
+    if (T == 3) { /* three tokens: four rows x three tokens per pass (12 accumulators) */
+        const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n;
+        float *y0 = y + (size_t)t * ldy + yr, *y1 = y0 + ldy, *y2 = y1 + ldy;
+        int r = 0;
+        for (; r + 4 <= nr; r += 4) {
+            __m256 a[4], b[4], d[4];
+            for (int i = 0; i < 4; i++)
+                a[i] = b[i] = d[i] = _mm256_setzero_ps();
+            const char *nx = (const char *)S_ROW(r + 4);
+            const int nl = (int)((4 * ws * esz + 63) / 64);
+            for (int c = 0, l = 0; c < n16; c += 16, l += 2) {
+                if (l < nl) _mm_prefetch(nx + (size_t)l * 64, _MM_HINT_T0);
+                if (l + 1 < nl) _mm_prefetch(nx + (size_t)l * 64 + 64, _MM_HINT_T0);
+#pragma GCC unroll 4
+                for (int i = 0; i < 4; i++) {
+                    const __m256 lo = s_wlo(S_ROW(r + i), (size_t)c, BF);
+                    a[i] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x0 + c), a[i]);
+                    b[i] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x1 + c), b[i]);
+                    d[i] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x2 + c), d[i]);
+                    const __m256 hi = s_whi(S_ROW(r + i), (size_t)c, BF);
+                    a[i] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x0 + c + 8), a[i]);
+                    b[i] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x1 + c + 8), b[i]);
+                    d[i] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x2 + c + 8), d[i]);
+                }
+            }
+            for (int i = 0; i < 4; i++) {
+                y0[r + i] = s_finish(a[i], S_ROW(r + i), x0, n16, n, S_BIAS(r + i), BF);
+                y1[r + i] = s_finish(b[i], S_ROW(r + i), x1, n16, n, S_BIAS(r + i), BF);
+                y2[r + i] = s_finish(d[i], S_ROW(r + i), x2, n16, n, S_BIAS(r + i), BF);
+            }
+        }
+        for (; r < nr; r++) {
+            __m256 a = _mm256_setzero_ps(), b = a, d = a;
+            for (int c = 0; c < n16; c += 16) {
+                const __m256 lo = s_wlo(S_ROW(r), (size_t)c, BF);
+                a = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x0 + c), a);
+                b = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x1 + c), b);
+                d = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x2 + c), d);
+                const __m256 hi = s_whi(S_ROW(r), (size_t)c, BF);
+                a = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x0 + c + 8), a);
+                b = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x1 + c + 8), b);
+                d = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x2 + c + 8), d);
+            }
+            y0[r] = s_finish(a, S_ROW(r), x0, n16, n, S_BIAS(r), BF);
+            y1[r] = s_finish(b, S_ROW(r), x1, n16, n, S_BIAS(r), BF);
+            y2[r] = s_finish(d, S_ROW(r), x2, n16, n, S_BIAS(r), BF);
+        }
+        t += 3;
+    }
     for (; t + 2 <= T; t += 2) {
         const float *x0 = x + (size_t)t * n, *x1 = x0 + n;
         float *y0 = y + (size_t)t * ldy + yr, *y1 = y0 + ldy;

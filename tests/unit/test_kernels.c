@@ -47,7 +47,8 @@ static int s_close(double got, double want, double mag, double tol) {
 }
 
 static void s_test_matmul_bf16(const ops_t *o) {
-    const int Ts[] = {1, 2, 4, 5, 8, 11};
+    const int Ts[] = {1, 2, 3, 4, 5,
+                      6, 7, 8, 11}; /* 3: three-token loop; 6, 7: pairs after the tiles */
     /* 1104: past the 512-column reduction chunk of the AVX2 4-token tile, not a multiple of it */
     const int cols_list[] = {64, 72, 100, 2880 / 8, 1104};
     for (size_t ti = 0; ti < sizeof Ts / sizeof *Ts; ti++) {
