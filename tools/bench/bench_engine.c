@@ -3,13 +3,13 @@
  * Measures this machine first (memory read bandwidth with all threads, STREAM-like
  * sum over a 512 MiB buffer; fp32 FMA peak with independent AVX2/AVX-512 FMA
  * chains), then the CPU engine on the model: prefill tokens/s of one prompt
- * (default 512 tokens, one step), and decode tokens/s at batch 1, 4 and 16 (each
+ * (default 512 tokens, one step), and decode tokens/s at batch 1, 2, 4 and 16 (each
  * sequence prefilled with 16 tokens first). Prints weight bytes read per decoded
  * token (batch 1, GPTOSS.md 8), achieved bytes/s / bandwidth, and prefill FLOP/s /
  * peak; on a shared machine the ratios to a read pass right before each batch-1
  * step and to an FMA peak right after the prefill are the ones to compare. The decode
- * steps run in rounds (one step at batch 1, 4 and 16 per round) so that load from other
- * jobs hits the three alike; batch 16 / batch 1 is the median of the per-round ratios.
+ * steps run in rounds (one step at batch 1, 2, 4 and 16 per round) so that load from other
+ * jobs hits them alike; batch 16 / batch 1 is the median of the per-round ratios.
  * Random token ids; medians of the timed steps. A benchmark, not a test.
  *
  * `gptoss-bench engine --kernels [--threads N] [--steps REPS]`: the matmul kernels
@@ -637,22 +637,23 @@ int bench_engine_main(int argc, char **argv) {
             peak > 0 ? 100.0 * flops / t_pre / peak : 0.0,
             peak_after > 0 ? 100.0 * flops / t_pre / peak_after : 0.0, peak_after / 1e9);
 
-    /* decode at batch 1, 4, 16, interleaved: each round runs one step of each batch size (the
-     * batch-1 step after a read pass), so that a drift in what else the machine runs hits the
-     * three alike; the ratios are medians of the per-round ratios. */
-    const int batches[3] = {1, 4, 16};
-    kvcache_seq_t dseqs[3][16];
-    int dstart[3][16];
+    /* decode at batch 1, 2, 4, 16, interleaved: each round runs one step of each batch size (the
+     * batch-1 step after a read pass), so that a drift in what else the machine runs hits them
+     * alike; the ratios are medians of the per-round ratios. */
+    enum { NB = 4, B16 = 3 };
+    const int batches[NB] = {1, 2, 4, 16};
+    kvcache_seq_t dseqs[NB][16];
+    int dstart[NB][16];
     memset(dseqs, 0, sizeof dseqs);
-    for (int bi = 0; bi < 3 && !rc; bi++) {
+    for (int bi = 0; bi < NB && !rc; bi++) {
         for (int i = 0; i < batches[bi]; i++)
             dstart[bi][i] = 0;
         double t;
         rc = s_run(eng, dseqs[bi], toks, batches[bi], 16, dstart[bi], logits, &t); /* 16 each */
     }
-    double times[3][64], bw_beside[64], ratio[64], r16[64];
+    double times[NB][64], bw_beside[64], ratio[64], r16[64];
     for (int s = 0; s < steps && !rc; s++) {
-        for (int bi = 0; bi < 3 && !rc; bi++) {
+        for (int bi = 0; bi < NB && !rc; bi++) {
             const int B = batches[bi];
             for (int i = 0; i < B; i++)
                 dstart[bi][i] = 16 + s;
@@ -660,9 +661,9 @@ int bench_engine_main(int argc, char **argv) {
             rc = s_run(eng, dseqs[bi], toks, B, 1, dstart[bi], logits, &times[bi][s]);
             if (B == 1 && bwbuf) ratio[s] = w->bytes_per_token / times[bi][s] / bw_beside[s];
         }
-        if (!rc) r16[s] = 16.0 * times[0][s] / times[2][s];
+        if (!rc) r16[s] = 16.0 * times[0][s] / times[B16][s];
     }
-    for (int bi = 0; bi < 3; bi++)
+    for (int bi = 0; bi < NB; bi++)
         for (int i = 0; i < batches[bi]; i++)
             kvcache_seq_release(engine_kv(eng), &dseqs[bi][i]);
     if (!rc) {
@@ -670,7 +671,7 @@ int bench_engine_main(int argc, char **argv) {
             printf("decode batch 1 vs a read pass right before each step: median ratio %.0f%% "
                    "(median read pass %.1f GB/s)\n",
                    100.0 * s_median(ratio, steps), s_median(bw_beside, steps) / 1e9);
-        for (int bi = 0; bi < 3; bi++) {
+        for (int bi = 0; bi < NB; bi++) {
             const int B = batches[bi];
             const double med = s_median(times[bi], steps), tps = B / med;
             if (B == 1)
