@@ -12,7 +12,9 @@
  * cpu_kern.h): per (row, token) one 8-lane accumulator takes the columns 8 at a time in
  * ascending order of x as given, then s_hsum, then the n % 16 tail columns one by one
  * (bf16 only; MXFP4 rows are whole blocks), then the bias. Paths:
- * - T = 1 (decode): four rows per pass, each x vector loaded once for the four;
+ * - T = 1 (decode): bf16 eight rows per pass, MXFP4 four, each x vector loaded once per
+ *   pass; bf16 with 2 or 3 tokens left after the tiles: those tokens together, four rows per
+ *   pass;
  * - bf16, T >= 4: tiles of 3 rows x 4 tokens (12 accumulators, all 16 registers: the inner
  *   loop is written in assembly), the reduction in L1-sized column chunks with the
  *   accumulators parked in between;
@@ -68,18 +70,28 @@ static inline __attribute__((always_inline)) __m256 s_whi(const void *w, size_t 
     return _mm256_castsi256_ps(_mm256_blend_epi16(v, _mm256_slli_epi32(v, 16), 0x55));
 }
 
-/* a + the 16 weights of a row at split position c times x (xv: the first 8 values of the
- * split group, xw: the next 8), in that order. bf16: one load for both halves. */
-static inline __attribute__((always_inline)) __m256 s_fma16(const void *w, size_t c, __m256 xv,
-                                                            __m256 xw, __m256 a, const int BF) {
+/* s_wlo and s_whi together; bf16: from one load (where both stay live anyway). */
+static inline __attribute__((always_inline)) void s_w16(const void *w, size_t c, const int BF,
+                                                        __m256 *lo, __m256 *hi) {
     if (!BF) {
-        a = _mm256_fmadd_ps(s_wlo(w, c, 0), xv, a);
-        return _mm256_fmadd_ps(s_whi(w, c, 0), xw, a);
+        *lo = s_wlo(w, c, 0);
+        *hi = s_whi(w, c, 0);
+        return;
     }
     const __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + c));
-    const __m256i lo = _mm256_slli_epi32(v, 16);
-    a = _mm256_fmadd_ps(_mm256_castsi256_ps(lo), xv, a);
-    return _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_blend_epi16(v, lo, 0x55)), xw, a);
+    const __m256i l = _mm256_slli_epi32(v, 16);
+    *lo = _mm256_castsi256_ps(l);
+    *hi = _mm256_castsi256_ps(_mm256_blend_epi16(v, l, 0x55));
+}
+
+/* a + the 16 weights of a row at split position c times x (xv: the first 8 values of the
+ * split group, xw: the next 8), in that order. */
+static inline __attribute__((always_inline)) __m256 s_fma16(const void *w, size_t c, __m256 xv,
+                                                            __m256 xw, __m256 a, const int BF) {
+    __m256 lo, hi;
+    s_w16(w, c, BF, &lo, &hi);
+    a = _mm256_fmadd_ps(lo, xv, a);
+    return _mm256_fmadd_ps(hi, xw, a);
 }
 
 /* s_fma16 for two tokens: *a += the 16 weights . (xv, xw), *b += the same . (yv, yw). */
@@ -87,19 +99,18 @@ static inline __attribute__((always_inline)) void s_fma16x2(const void *w, size_
                                                             __m256 xw, __m256 yv, __m256 yw,
                                                             __m256 *a, __m256 *b, const int BF) {
     __m256 lo, hi;
-    if (BF) {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + c));
-        const __m256i l = _mm256_slli_epi32(v, 16);
-        lo = _mm256_castsi256_ps(l);
-        hi = _mm256_castsi256_ps(_mm256_blend_epi16(v, l, 0x55));
-    } else {
-        lo = s_wlo(w, c, 0);
-        hi = s_whi(w, c, 0);
-    }
+    s_w16(w, c, BF, &lo, &hi);
     *a = _mm256_fmadd_ps(lo, xv, *a);
     *b = _mm256_fmadd_ps(lo, yv, *b);
     *a = _mm256_fmadd_ps(hi, xw, *a);
     *b = _mm256_fmadd_ps(hi, yw, *b);
+}
+
+/* Prefetches lines l and l + 1 (those below nl) of nx: the next four rows, two lines per
+ * 16-column step, in the four-row loops. */
+static inline __attribute__((always_inline)) void s_pf2(const char *nx, int l, int nl) {
+    if (l < nl) _mm_prefetch(nx + (size_t)l * 64, _MM_HINT_T0);
+    if (l + 1 < nl) _mm_prefetch(nx + (size_t)l * 64 + 64, _MM_HINT_T0);
 }
 
 static inline __attribute__((always_inline)) float s_wscalar(const void *w, size_t c,
@@ -317,11 +328,12 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
                     s_finish(av[i], wa, xs[i], n16, n, S_BIAS(r), BF);
         }
     int t = T4;
-    /* two of the last T % 4 tokens at a time (batches of 2, 3, 6, 7): four rows per pass, each
-     * weight vector feeding both tokens, so the rows stream from memory once for the two (one
-     * token at a time read them twice); the next four rows are prefetched as in the one-token
-     * loop below. Each (row, token) accumulator sums as in the other paths. */
-    if (T == 3) { /* three tokens: four rows x three tokens per pass (12 accumulators) */
+    /* The last T % 4 tokens share each weight vector where they can, so that the rows stream
+     * from memory once for them instead of once per token; each (row, token) accumulator sums
+     * as in the other paths, and the next four rows are prefetched as in the one-token loop
+     * below. A batch of exactly 3: four rows x three tokens per pass (12 accumulators, x from
+     * memory operands). */
+    if (T == 3) {
         const float *x0 = x + (size_t)t * n, *x1 = x0 + n, *x2 = x1 + n;
         float *y0 = y + (size_t)t * ldy + yr, *y1 = y0 + ldy, *y2 = y1 + ldy;
         int r = 0;
@@ -332,8 +344,7 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
             const char *nx = (const char *)S_ROW(r + 4);
             const int nl = (int)((4 * ws * esz + 63) / 64);
             for (int c = 0, l = 0; c < n16; c += 16, l += 2) {
-                if (l < nl) _mm_prefetch(nx + (size_t)l * 64, _MM_HINT_T0);
-                if (l + 1 < nl) _mm_prefetch(nx + (size_t)l * 64 + 64, _MM_HINT_T0);
+                s_pf2(nx, l, nl);
 #pragma GCC unroll 4
                 for (int i = 0; i < 4; i++) {
                     const __m256 lo = s_wlo(S_ROW(r + i), (size_t)c, BF);
@@ -370,6 +381,7 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
         }
         t += 3;
     }
+    /* two tokens at a time (batches of 2, 6 and 7): four rows per pass, 8 accumulators */
     for (; t + 2 <= T; t += 2) {
         const float *x0 = x + (size_t)t * n, *x1 = x0 + n;
         float *y0 = y + (size_t)t * ldy + yr, *y1 = y0 + ldy;
@@ -381,8 +393,7 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
             const char *nx = (const char *)S_ROW(r + 4);
             const int nl = (int)((4 * ws * esz + 63) / 64);
             for (int c = 0, l = 0; c < n16; c += 16, l += 2) {
-                if (l < nl) _mm_prefetch(nx + (size_t)l * 64, _MM_HINT_T0);
-                if (l + 1 < nl) _mm_prefetch(nx + (size_t)l * 64 + 64, _MM_HINT_T0);
+                s_pf2(nx, l, nl);
                 const __m256 x0v = s_ldreg(x0 + c), x1v = s_ldreg(x1 + c);
                 const __m256 x0w = s_ldreg(x0 + c + 8), x1w = s_ldreg(x1 + c + 8);
 #pragma GCC unroll 4
@@ -433,8 +444,7 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
             const char *nx = (const char *)S_ROW(r + 4);
             const int nl = (int)((4 * ws * esz + 63) / 64);
             for (int c = 0, l = 0; c < n16; c += 16, l += 2) {
-                if (l < nl) _mm_prefetch(nx + (size_t)l * 64, _MM_HINT_T0);
-                if (l + 1 < nl) _mm_prefetch(nx + (size_t)l * 64 + 64, _MM_HINT_T0);
+                s_pf2(nx, l, nl);
                 __m256 xv = s_ldreg(xt + c);
                 a0 = _mm256_fmadd_ps(s_wlo(w0, (size_t)c, BF), xv, a0);
                 a1 = _mm256_fmadd_ps(s_wlo(w1, (size_t)c, BF), xv, a1);
