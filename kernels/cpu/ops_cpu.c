@@ -37,7 +37,7 @@
 #define S_ATTN_CHUNK  128          /* keys scored per online-softmax rescale */
 #define S_MAX_D       256          /* largest head_dim supported */
 #define S_ATTN_HEADS  8            /* query heads (of one kv head) per attention task */
-#define S_SPLIT_STACK 8192 /* floats of split-order x kept on the stack (T = 1 and small T) */
+#define S_SPLIT_STACK 8192         /* floats of reordered x (s_split) kept on the stack (small T) */
 
 typedef struct {
     ops_t ops; /* must be first: ops_t* <-> s_cpu_t* */
@@ -548,11 +548,11 @@ static void s_moe(const ops_t *o, const float *a, int T, const int32_t *idx, con
     if (nu == 0) return; /* a shard past the last block: zeros */
     assert(K >= 1 && K <= E && m->down.mat.rows == H && m->down.mat.cols == nu);
     const size_t P = (size_t)T * K;
-    const int split = c->kern->mxfp4_nibble_x;
+    const int nibble = c->kern->mxfp4_nibble_x;
     float *xe = s_moe_scratch(c, S_M_XE, sizeof(float) * P * (size_t)H);
     float *he = s_moe_scratch(c, S_M_HE, sizeof(float) * P * 2 * (size_t)nu);
     float *ae = s_moe_scratch(c, S_M_AE, sizeof(float) * P * (size_t)nu);
-    float *as = split ? s_moe_scratch(c, S_M_AS, sizeof(float) * P * (size_t)nu) : ae;
+    float *as = nibble ? s_moe_scratch(c, S_M_AS, sizeof(float) * P * (size_t)nu) : ae;
     float *ye = s_moe_scratch(c, S_M_YE, sizeof(float) * P * (size_t)H);
     int32_t *etok = s_moe_scratch(c, S_M_ETOK, sizeof(int32_t) * P);
     float *ewt = s_moe_scratch(c, S_M_EWT, sizeof(float) * P);
@@ -575,14 +575,14 @@ static void s_moe(const ops_t *o, const float *a, int T, const int32_t *idx, con
     /* the rows, expert-major, in the order the kernel reads them */
     for (size_t p = 0; p < P; p++) {
         const float *src = a + (size_t)etok[p] * H;
-        if (split)
+        if (nibble)
             cpu_nibble_x(src, 1, H, xe + p * H);
         else
             memcpy(xe + p * H, src, sizeof(float) * (size_t)H);
     }
     s_moe_matmuls(c, &m->gate_up, xe, estart, E, he);
     s_swiglu(o, he, (int)P, nu, m->alpha, m->limit, ae);
-    if (split) cpu_nibble_x(ae, (int)P, nu, as);
+    if (nibble) cpu_nibble_x(ae, (int)P, nu, as);
     s_moe_matmuls(c, &m->down, as, estart, E, ye);
     for (int x = 0; x < E; x++)
         for (int p = estart[x]; p < estart[x + 1]; p++)
