@@ -106,6 +106,23 @@ static inline __attribute__((always_inline)) void s_fma16x2(const void *w, size_
     *b = _mm256_fmadd_ps(hi, yw, *b);
 }
 
+/* s_fma16 for three tokens at x0, x1, x2 (split position c): *a, *b, *d += the 16 weights .
+ * each token's 16 values, x from memory operands; the weights in two loads (s_wlo, s_whi), as
+ * with 12 accumulators live s_w16's pair would not fit in registers beside them. */
+static inline __attribute__((always_inline)) void s_fma16x3(const void *w, size_t c,
+                                                            const float *x0, const float *x1,
+                                                            const float *x2, __m256 *a, __m256 *b,
+                                                            __m256 *d, const int BF) {
+    const __m256 lo = s_wlo(w, c, BF);
+    *a = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x0 + c), *a);
+    *b = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x1 + c), *b);
+    *d = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x2 + c), *d);
+    const __m256 hi = s_whi(w, c, BF);
+    *a = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x0 + c + 8), *a);
+    *b = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x1 + c + 8), *b);
+    *d = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x2 + c + 8), *d);
+}
+
 /* Prefetches lines l and l + 1 (those below nl) of nx: the next four rows, two lines per
  * 16-column step, in the four-row loops. */
 static inline __attribute__((always_inline)) void s_pf2(const char *nx, int l, int nl) {
@@ -346,16 +363,8 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
             for (int c = 0, l = 0; c < n16; c += 16, l += 2) {
                 s_pf2(nx, l, nl);
 #pragma GCC unroll 4
-                for (int i = 0; i < 4; i++) {
-                    const __m256 lo = s_wlo(S_ROW(r + i), (size_t)c, BF);
-                    a[i] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x0 + c), a[i]);
-                    b[i] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x1 + c), b[i]);
-                    d[i] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x2 + c), d[i]);
-                    const __m256 hi = s_whi(S_ROW(r + i), (size_t)c, BF);
-                    a[i] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x0 + c + 8), a[i]);
-                    b[i] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x1 + c + 8), b[i]);
-                    d[i] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x2 + c + 8), d[i]);
-                }
+                for (int i = 0; i < 4; i++)
+                    s_fma16x3(S_ROW(r + i), (size_t)c, x0, x1, x2, &a[i], &b[i], &d[i], BF);
             }
             for (int i = 0; i < 4; i++) {
                 y0[r + i] = s_finish(a[i], S_ROW(r + i), x0, n16, n, S_BIAS(r + i), BF);
@@ -365,16 +374,8 @@ static inline __attribute__((always_inline)) void s_rows(const float *x, int T, 
         }
         for (; r < nr; r++) {
             __m256 a = _mm256_setzero_ps(), b = a, d = a;
-            for (int c = 0; c < n16; c += 16) {
-                const __m256 lo = s_wlo(S_ROW(r), (size_t)c, BF);
-                a = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x0 + c), a);
-                b = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x1 + c), b);
-                d = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x2 + c), d);
-                const __m256 hi = s_whi(S_ROW(r), (size_t)c, BF);
-                a = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x0 + c + 8), a);
-                b = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x1 + c + 8), b);
-                d = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x2 + c + 8), d);
-            }
+            for (int c = 0; c < n16; c += 16)
+                s_fma16x3(S_ROW(r), (size_t)c, x0, x1, x2, &a, &b, &d, BF);
             y0[r] = s_finish(a, S_ROW(r), x0, n16, n, S_BIAS(r), BF);
             y1[r] = s_finish(b, S_ROW(r), x1, n16, n, S_BIAS(r), BF);
             y2[r] = s_finish(d, S_ROW(r), x2, n16, n, S_BIAS(r), BF);
